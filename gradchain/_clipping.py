@@ -1,0 +1,121 @@
+"""Clipping: elementwise (clip) and by the global norm (clip_by_global_norm)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradchain import _check, _tree
+from gradchain._base import GradientTransformation, Params, ScalarOrSchedule, Updates
+from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
+
+
+class ClipState(NamedTuple):
+    """State of :func:`clip` and :func:`clip_by_global_norm`."""
+
+    step: jax.Array  # int32[], updates seen so far (drives schedules)
+    hparams: Hyperparams
+
+
+def clip(max_delta: ScalarOrSchedule) -> GradientTransformation:
+    """Clips every update element to ``[-max_delta, max_delta]``.
+
+    Args:
+      max_delta: the bound, >= 0.
+
+    Returns:
+      A GradientTransformation whose state is a ClipState.
+
+    Raises:
+      ValueError: if ``max_delta`` is a negative, NaN or infinite number.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import gradchain as gc
+      >>> tx = gc.clip(1.0)
+      >>> u, _ = tx.update(jnp.array([-3.0, 0.5]), tx.init(jnp.zeros(2)))
+      >>> [float(x) for x in u]
+      [-1.0, 0.5]
+    """
+    fn = "clip"
+    _check.non_negative(fn, "max_delta", max_delta, schedule_ok=True)
+    spec = HyperparamSpec(fn, max_delta=max_delta)
+
+    def init_fn(params: Params) -> ClipState:
+        del params
+        return ClipState(jnp.zeros([], jnp.int32), spec.init())
+
+    def update_fn(
+        updates: Updates, state: ClipState, params: Params | None = None
+    ) -> tuple[Updates, ClipState]:
+        del params
+        _tree.check_state(fn, state, ClipState)
+        bound = values(state.hparams)["max_delta"]
+
+        def leaf(u: jax.Array) -> jax.Array:
+            b = bound.astype(_tree.compute_dtype(u.dtype, bound.dtype))
+            return jnp.clip(u.astype(b.dtype), -b, b).astype(u.dtype)
+
+        step = _tree.safe_increment(state.step)
+        return jax.tree.map(leaf, updates), ClipState(step, spec.advance(state.hparams, step))
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def clip_by_global_norm(max_norm: ScalarOrSchedule) -> GradientTransformation:
+    r"""Rescales all updates together so that their global l2 norm is at most ``max_norm``.
+
+    When :math:`\|g\| = \sqrt{\sum_i \|g_i\|^2} > c`, every leaf is multiplied
+    by :math:`c / \|g\|`; otherwise updates pass unchanged. The norm is
+    accumulated in float32 (or wider) whatever the leaves' dtype.
+
+    Args:
+      max_norm: the bound :math:`c`, > 0.
+
+    Returns:
+      A GradientTransformation whose state is a ClipState.
+
+    Raises:
+      ValueError: if ``max_norm`` is a non-positive, NaN or infinite number.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import gradchain as gc
+      >>> tx = gc.clip_by_global_norm(1.0)
+      >>> u, _ = tx.update({"a": jnp.array([3.0]), "b": jnp.array([4.0])}, tx.init(None))
+      >>> round(float(u["a"][0]), 4), round(float(u["b"][0]), 4)
+      (0.6, 0.8)
+
+    References:
+      Pascanu et al., On the difficulty of training recurrent neural networks, ICML 2013.
+    """
+    fn = "clip_by_global_norm"
+    _check.positive(fn, "max_norm", max_norm, schedule_ok=True)
+    spec = HyperparamSpec(fn, max_norm=max_norm)
+
+    def init_fn(params: Params) -> ClipState:
+        del params
+        return ClipState(jnp.zeros([], jnp.int32), spec.init())
+
+    def update_fn(
+        updates: Updates, state: ClipState, params: Params | None = None
+    ) -> tuple[Updates, ClipState]:
+        del params
+        _tree.check_state(fn, state, ClipState)
+        bound = values(state.hparams)["max_norm"]
+        norm = _tree.global_norm(updates)
+        dt = _tree.compute_dtype(norm.dtype, bound.dtype)
+        norm, bound = norm.astype(dt), bound.astype(dt)
+        keep = norm < bound
+
+        def leaf(u: jax.Array) -> jax.Array:
+            wide = _tree.compute_dtype(u.dtype, dt)
+            clipped = (u.astype(wide) / norm.astype(wide)) * bound.astype(wide)
+            return jnp.where(keep, u, clipped.astype(u.dtype))
+
+        step = _tree.safe_increment(state.step)
+        return jax.tree.map(leaf, updates), ClipState(step, spec.advance(state.hparams, step))
+
+    return GradientTransformation(init_fn, update_fn)

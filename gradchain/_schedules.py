@@ -1,0 +1,602 @@
+"""Schedules: functions from an integer step to a scalar hyperparameter value.
+
+Each factory checks its arguments when called and returns a pure function
+``schedule(step) -> jax.Array``: a float scalar in the default float dtype
+(float32, or float64 under ``jax_enable_x64``), written in ``jax.numpy`` alone,
+so it runs under ``jit``, ``vmap`` and ``lax.scan`` with ``step`` a Python int,
+an int32 array or a tracer (an array of steps gives an array of values). Hyperparameters given as traced arrays pass the checks.
+
+Names, arguments and values follow Optax. Differences: a bad argument raises
+where Optax logs and returns a constant schedule; interpolations are written to
+stay accurate to float32 rounding (Optax's ``1 - t/T`` and ``1 + cos`` lose
+relative precision near zero: the two differ by less than 1e-7 times the values).
+Other differences are listed in the docstrings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from gradchain import _check
+from gradchain._base import Schedule
+
+
+def _float(x: ArrayLike) -> jax.Array:
+    """``x`` as an array of the default float dtype (explicit, for strict promotion)."""
+    return jnp.asarray(x).astype(jnp.result_type(float))
+
+
+def _steps(fn: str, name: str, value: Any, *, positive: bool) -> Any:
+    """Checks a step count; returns it as a Python int, or as is when traced."""
+    if isinstance(value, np.ndarray | jax.Array) and jnp.issubdtype(value.dtype, jnp.integer):
+        _check.number(fn, name, value)  # a scalar
+        if _check.concrete_value(value) is None:  # traced
+            return value
+        value = int(value)
+    (_check.positive_int if positive else _check.non_negative_int)(fn, name, value)
+    return int(value)
+
+
+def _boundaries(fn: str, name: str, values: Sequence[Any]) -> list[int]:
+    """Checks that ``values`` are integer steps >= 0 in increasing order."""
+    for b in values:
+        if isinstance(b, bool) or not isinstance(b, int | np.integer):
+            raise TypeError(
+                f"{fn}: `{name}` must hold integer steps; got {type(b).__name__} {b!r}."
+            )
+        if b < 0:
+            raise ValueError(f"{fn}: `{name}` must hold steps >= 0; got {b!r}.")
+    out = [int(b) for b in values]
+    if out != sorted(out):
+        raise ValueError(f"{fn}: `{name}` must be in increasing order; got {out!r}.")
+    return out
+
+
+def _flag(fn: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{fn}: `{name}` must be a bool; got {type(value).__name__} {value!r}.")
+
+
+def _progress(step: ArrayLike, steps: Any, begin: Any = 0) -> tuple[jax.Array, jax.Array]:
+    """The fractions (ahead, done) of a ``steps``-step transition from ``begin``.
+
+    Both are computed from integers, so each is exact to rounding even near 0.
+    """
+    done = jnp.clip(jnp.asarray(step) - begin, 0, steps)
+    denominator = _float(jnp.maximum(steps, 1))  # no NaN for a traced `steps` of 0
+    return _float(steps - done) / denominator, _float(done) / denominator
+
+
+def _cosine(ahead: jax.Array) -> jax.Array:
+    """``(1 + cos(pi * done)) / 2`` written as ``sin(pi/2 * ahead)**2``: no cancellation at 0."""
+    return jnp.sin(jnp.pi / 2 * ahead) ** 2
+
+
+def constant_schedule(value: ArrayLike) -> Schedule:
+    """The same value at every step.
+
+    Args:
+      value: a finite number or scalar array.
+
+    Returns:
+      A schedule.
+
+    Raises:
+      TypeError: if ``value`` is not a number.
+      ValueError: if it is NaN or infinite.
+
+    Example:
+      >>> import gradchain as gc
+      >>> round(float(gc.constant_schedule(0.5)(1000)), 4)
+      0.5
+    """
+    _check.finite("constant_schedule", "value", value)
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        return jnp.full(jnp.shape(step), _float(value))
+
+    return schedule
+
+
+def _polynomial(
+    fn: str, init: ArrayLike, end: ArrayLike, power: ArrayLike | None, steps: Any, begin: Any
+) -> Schedule:
+    """``end + (init - end) * ahead**power``; ``power=None`` is exactly linear."""
+    _check.finite(fn, "init_value", init)
+    _check.finite(fn, "end_value", end)
+    if power is not None:
+        _check.positive(fn, "power", power)
+    steps = _steps(fn, "transition_steps", steps, positive=True)
+    begin = _steps(fn, "transition_begin", begin, positive=False)
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        ahead, done = _progress(step, steps, begin)
+        if power is None:
+            return _float(init) * ahead + _float(end) * done
+        # The weights ahead**p and 1 - ahead**p = -expm1(p * log1p(-done)), each accurate.
+        w_end = -jnp.expm1(_float(power) * jnp.log1p(-done))
+        return _float(init) * ahead ** _float(power) + _float(end) * w_end
+
+    return schedule
+
+
+def linear_schedule(
+    init_value: ArrayLike, end_value: ArrayLike, transition_steps: int, transition_begin: int = 0
+) -> Schedule:
+    """Linear interpolation from ``init_value`` to ``end_value``.
+
+    The value is ``init_value`` up to ``transition_begin``, moves linearly over
+    the next ``transition_steps`` steps, and is ``end_value`` from
+    ``transition_begin + transition_steps`` on.
+
+    Args:
+      init_value: the value before and at ``transition_begin``.
+      end_value: the value at and after the end of the transition.
+      transition_steps: the length of the transition, an integer > 0.
+      transition_begin: the step where the transition starts, an integer >= 0.
+
+    Returns:
+      A schedule.
+
+    Raises:
+      TypeError: if a value is not a number or a step count not an integer.
+      ValueError: if a value is NaN or infinite, ``transition_steps <= 0`` or
+        ``transition_begin < 0`` (Optax logs and holds ``init_value`` instead).
+
+    Example:
+      >>> import gradchain as gc
+      >>> s = gc.linear_schedule(1.0, 0.0, transition_steps=4, transition_begin=2)
+      >>> [round(float(s(t)), 4) for t in (0, 2, 3, 6, 9)]
+      [1.0, 1.0, 0.75, 0.0, 0.0]
+    """
+    return _polynomial(
+        "linear_schedule", init_value, end_value, None, transition_steps, transition_begin
+    )
+
+
+def polynomial_schedule(
+    init_value: ArrayLike,
+    end_value: ArrayLike,
+    power: ArrayLike,
+    transition_steps: int,
+    transition_begin: int = 0,
+) -> Schedule:
+    """Polynomial interpolation: ``end + (init - end) * (1 - (t - begin) / steps) ** power``.
+
+    ``t - begin`` is clipped to ``[0, transition_steps]``, so the value is
+    ``init_value`` up to ``transition_begin`` and ``end_value`` after the transition.
+
+    Args:
+      init_value: the value before and at ``transition_begin``.
+      end_value: the value at and after the end of the transition.
+      power: the exponent, > 0 (Optax accepts any; 0 never leaves ``init_value``
+        and a negative power gives infinities).
+      transition_steps: the length of the transition, an integer > 0.
+      transition_begin: the step where the transition starts, an integer >= 0.
+
+    Returns:
+      A schedule.
+
+    Raises:
+      TypeError: if a value is not a number or a step count not an integer.
+      ValueError: if a value is NaN or infinite, ``power <= 0``,
+        ``transition_steps <= 0`` or ``transition_begin < 0``.
+
+    Example:
+      >>> import gradchain as gc
+      >>> s = gc.polynomial_schedule(1.0, 0.0, power=2, transition_steps=10)
+      >>> [round(float(s(t)), 4) for t in (0, 5, 10)]
+      [1.0, 0.25, 0.0]
+    """
+    return _polynomial(
+        "polynomial_schedule", init_value, end_value, power, transition_steps, transition_begin
+    )
+
+
+def exponential_decay(
+    init_value: ArrayLike,
+    transition_steps: int,
+    decay_rate: float,
+    transition_begin: int = 0,
+    staircase: bool = False,
+    end_value: ArrayLike | None = None,
+) -> Schedule:
+    """Exponential decay: ``init * decay_rate ** ((t - transition_begin) / transition_steps)``.
+
+    The value is ``init_value`` up to ``transition_begin``. With ``staircase``
+    the exponent is floored, so "multiply the learning rate by 0.9 every 100
+    epochs" is ``exponential_decay(lr, 100, 0.9, staircase=True)``. A given
+    ``end_value`` bounds the value: from below when ``decay_rate < 1``, from
+    above when ``decay_rate > 1`` (as in Optax, the bound applies at every step).
+
+    Args:
+      init_value: the value before and at ``transition_begin``.
+      transition_steps: the number of steps per factor of ``decay_rate``, an integer > 0.
+      decay_rate: the factor per ``transition_steps`` steps, > 0 (< 1 decays, > 1 grows).
+      transition_begin: the step where the decay starts, an integer >= 0.
+      staircase: whether the value changes only every ``transition_steps`` steps.
+      end_value: an optional bound, on the side the value moves towards.
+
+    Returns:
+      A schedule.
+
+    Raises:
+      TypeError: if a value is not a number, a step count not an integer, or
+        ``staircase`` not a bool.
+      ValueError: if a value is NaN or infinite, ``decay_rate <= 0`` (Optax holds
+        ``init_value`` for 0), ``transition_steps <= 0``, ``transition_begin < 0``,
+        or ``end_value`` lies behind ``init_value`` (the schedule would be constant).
+
+    Example:
+      >>> import gradchain as gc
+      >>> s = gc.exponential_decay(1.0, transition_steps=100, decay_rate=0.9, staircase=True)
+      >>> [round(float(s(t)), 4) for t in (0, 99, 100, 250)]
+      [1.0, 1.0, 0.9, 0.81]
+    """
+    fn = "exponential_decay"
+    _check.finite(fn, "init_value", init_value)
+    _check.positive(fn, "decay_rate", decay_rate)
+    steps = _steps(fn, "transition_steps", transition_steps, positive=True)
+    begin = _steps(fn, "transition_begin", transition_begin, positive=False)
+    _flag(fn, "staircase", staircase)
+    if end_value is not None:
+        _check.finite(fn, "end_value", end_value)
+        init, rate, end = map(_check.concrete_value, (init_value, decay_rate, end_value))
+        if (init is not None and rate is not None and end is not None) and (
+            (rate < 1 and end > init) or (rate > 1 and end < init)
+        ):
+            raise ValueError(
+                f"{fn}: `end_value` must lie on the side the value moves towards from "
+                f"init_value={init_value!r} with decay_rate={decay_rate!r}; got {end_value!r}."
+            )
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        t = jnp.asarray(step)
+        exponent = _float(t - begin) / _float(steps)
+        if staircase:
+            exponent = jnp.floor(exponent)
+        rate = _float(decay_rate)
+        value = jnp.where(t <= begin, _float(init_value), _float(init_value) * rate**exponent)
+        if end_value is None:
+            return value
+        end = _float(end_value)
+        return jnp.where(rate < 1, jnp.maximum(value, end), jnp.minimum(value, end))
+
+    return schedule
+
+
+def inverse_time_decay_schedule(
+    init_value: ArrayLike,
+    decay_rate: ArrayLike,
+    transition_steps: int = 1,
+    staircase: bool = False,
+) -> Schedule:
+    """Inverse time decay: ``init / (1 + decay_rate * t / transition_steps)``.
+
+    With ``staircase``, ``t / transition_steps`` is floored. Optax has no such schedule.
+
+    Args:
+      init_value: the value at step 0.
+      decay_rate: a number >= 0.
+      transition_steps: the step unit of the decay, an integer > 0.
+      staircase: whether the value changes only every ``transition_steps`` steps.
+
+    Returns:
+      A schedule.
+
+    Raises:
+      TypeError: if a value is not a number, ``transition_steps`` not an
+        integer, or ``staircase`` not a bool.
+      ValueError: if a value is NaN or infinite, ``decay_rate < 0`` or
+        ``transition_steps <= 0``.
+
+    Example:
+      >>> import gradchain as gc
+      >>> s = gc.inverse_time_decay_schedule(1.0, decay_rate=0.5, transition_steps=10)
+      >>> [round(float(s(t)), 4) for t in (0, 10, 20)]
+      [1.0, 0.6667, 0.5]
+    """
+    fn = "inverse_time_decay_schedule"
+    _check.finite(fn, "init_value", init_value)
+    _check.non_negative(fn, "decay_rate", decay_rate)
+    steps = _steps(fn, "transition_steps", transition_steps, positive=True)
+    _flag(fn, "staircase", staircase)
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        units = _float(step) / _float(steps)
+        if staircase:
+            units = jnp.floor(units)
+        return _float(init_value) / (1 + _float(decay_rate) * units)
+
+    return schedule
+
+
+def inverse_sqrt_decay_schedule(
+    init_value: ArrayLike, decay_rate: ArrayLike = 1.0, transition_steps: int = 1
+) -> Schedule:
+    """Inverse square-root decay: ``init / (1 + decay_rate * sqrt(t / transition_steps))``.
+
+    Optax has no such schedule.
+
+    Args:
+      init_value: the value at step 0.
+      decay_rate: a number >= 0.
+      transition_steps: the step unit of the decay, an integer > 0.
+
+    Returns:
+      A schedule.
+
+    Raises:
+      TypeError: if a value is not a number or ``transition_steps`` not an integer.
+      ValueError: if a value is NaN or infinite, ``decay_rate < 0`` or
+        ``transition_steps <= 0``.
+
+    Example:
+      The decay ``0.1 / (1 + sqrt(t))``:
+
+      >>> import gradchain as gc
+      >>> s = gc.inverse_sqrt_decay_schedule(0.1)
+      >>> [round(float(s(t)), 4) for t in (0, 1, 4, 9)]
+      [0.1, 0.05, 0.0333, 0.025]
+    """
+    fn = "inverse_sqrt_decay_schedule"
+    _check.finite(fn, "init_value", init_value)
+    _check.non_negative(fn, "decay_rate", decay_rate)
+    steps = _steps(fn, "transition_steps", transition_steps, positive=True)
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        root = jnp.sqrt(_float(step) / _float(steps))
+        return _float(init_value) / (1 + _float(decay_rate) * root)
+
+    return schedule
+
+
+def cosine_decay_schedule(
+    init_value: ArrayLike, decay_steps: int, alpha: ArrayLike = 0.0, exponent: ArrayLike = 1.0
+) -> Schedule:
+    """Cosine decay from ``init_value`` to ``alpha * init_value`` over ``decay_steps`` steps.
+
+    The value is ``init * ((1 - alpha) * c**exponent + alpha)`` with
+    ``c = (1 + cos(pi * min(t, decay_steps) / decay_steps)) / 2``.
+
+    Args:
+      init_value: the value at step 0.
+      decay_steps: the length of the decay, an integer > 0.
+      alpha: the final value as a fraction of ``init_value``.
+      exponent: the power of ``c``, > 0 (Optax accepts any; see
+        :func:`polynomial_schedule`).
+
+    Returns:
+      A schedule.
+
+    Raises:
+      TypeError: if a value is not a number or ``decay_steps`` not an integer.
+      ValueError: if a value is NaN or infinite, ``exponent <= 0`` or ``decay_steps <= 0``.
+
+    Example:
+      >>> import gradchain as gc
+      >>> s = gc.cosine_decay_schedule(1.0, decay_steps=10, alpha=0.1)
+      >>> [round(float(s(t)), 4) for t in (0, 5, 10, 20)]
+      [1.0, 0.55, 0.1, 0.1]
+
+    References:
+      Loshchilov and Hutter, SGDR: Stochastic Gradient Descent with Warm Restarts, 2017.
+    """
+    fn = "cosine_decay_schedule"
+    _check.finite(fn, "init_value", init_value)
+    _check.finite(fn, "alpha", alpha)
+    _check.positive(fn, "exponent", exponent)
+    steps = _steps(fn, "decay_steps", decay_steps, positive=True)
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        c = _cosine(_progress(step, steps)[0]) ** _float(exponent)
+        return _float(init_value) * ((1 - _float(alpha)) * c + _float(alpha))
+
+    return schedule
+
+
+def warmup_cosine_decay_schedule(
+    init_value: ArrayLike,
+    peak_value: ArrayLike,
+    warmup_steps: int,
+    decay_steps: int,
+    end_value: ArrayLike = 0.0,
+    exponent: ArrayLike = 1.0,
+) -> Schedule:
+    """Linear warmup from ``init_value`` to ``peak_value``, then cosine decay to ``end_value``.
+
+    The warmup takes steps ``[0, warmup_steps)``; the cosine decay the next
+    ``decay_steps - warmup_steps`` (``decay_steps`` counts the warmup, as in
+    Optax): ``end + (peak - end) * c**exponent``, ``c`` as in
+    :func:`cosine_decay_schedule`. Where Optax scales by ``end / peak`` and so
+    stays at 0 when ``peak_value == 0``, this decays to ``end_value`` all the same.
+
+    Args:
+      init_value: the value at step 0.
+      peak_value: the value at ``warmup_steps``.
+      warmup_steps: the length of the warmup, an integer >= 0.
+      decay_steps: the total length, an integer > ``warmup_steps``.
+      end_value: the value from ``decay_steps`` on.
+      exponent: the power of ``c``, > 0.
+
+    Returns:
+      A schedule.
+
+    Raises:
+      TypeError: if a value is not a number or a step count not an integer.
+      ValueError: if a value is NaN or infinite, ``exponent <= 0``,
+        ``warmup_steps < 0`` or ``decay_steps <= warmup_steps`` (Optax also
+        raises when they are equal).
+
+    Example:
+      >>> import gradchain as gc
+      >>> s = gc.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=2, decay_steps=6)
+      >>> [round(float(s(t)), 4) for t in (0, 1, 2, 4, 6, 9)]
+      [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
+    """
+    fn = "warmup_cosine_decay_schedule"
+    for name, value in (("init_value", init_value), ("peak_value", peak_value)):
+        _check.finite(fn, name, value)
+    _check.finite(fn, "end_value", end_value)
+    _check.positive(fn, "exponent", exponent)
+    warmup = _steps(fn, "warmup_steps", warmup_steps, positive=False)
+    total = _steps(fn, "decay_steps", decay_steps, positive=True)
+    if isinstance(warmup, int) and isinstance(total, int) and total <= warmup:
+        raise ValueError(
+            f"{fn}: `decay_steps` must be > warmup_steps={warmup} (it counts the warmup); "
+            f"got {total}."
+        )
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        ahead, done = _progress(step, warmup)
+        warm = _float(init_value) * ahead + _float(peak_value) * done
+        c = _cosine(_progress(step, total - warmup, warmup)[0]) ** _float(exponent)
+        decay = _float(end_value) + (_float(peak_value) - _float(end_value)) * c
+        return jnp.where(jnp.asarray(step) < warmup, warm, decay)
+
+    return schedule
+
+
+def warmup_constant_schedule(
+    init_value: ArrayLike, peak_value: ArrayLike, warmup_steps: int
+) -> Schedule:
+    """Linear warmup from ``init_value`` to ``peak_value``, then ``peak_value`` for good.
+
+    With ``warmup_steps=0`` the value is ``peak_value`` from step 0 on (Optax
+    returns ``init_value`` forever then).
+
+    Args:
+      init_value: the value at step 0.
+      peak_value: the value from ``warmup_steps`` on.
+      warmup_steps: the length of the warmup, an integer >= 0.
+
+    Returns:
+      A schedule.
+
+    Raises:
+      TypeError: if a value is not a number or ``warmup_steps`` not an integer.
+      ValueError: if a value is NaN or infinite or ``warmup_steps < 0``.
+
+    Example:
+      >>> import gradchain as gc
+      >>> s = gc.warmup_constant_schedule(0.0, 1.0, warmup_steps=4)
+      >>> [round(float(s(t)), 4) for t in (0, 1, 4, 100)]
+      [0.0, 0.25, 1.0, 1.0]
+    """
+    fn = "warmup_constant_schedule"
+    _check.finite(fn, "init_value", init_value)
+    _check.finite(fn, "peak_value", peak_value)
+    warmup = _steps(fn, "warmup_steps", warmup_steps, positive=False)
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        ahead, done = _progress(step, warmup)
+        warm = _float(init_value) * ahead + _float(peak_value) * done
+        return jnp.where(jnp.asarray(step) < warmup, warm, _float(peak_value))
+
+    return schedule
+
+
+def piecewise_constant_schedule(
+    init_value: ArrayLike, boundaries_and_scales: Mapping[int, ArrayLike] | None = None
+) -> Schedule:
+    """``init_value`` times every scale whose boundary step has been reached.
+
+    Args:
+      init_value: the value before the first boundary.
+      boundaries_and_scales: a dict ``{step: scale}``; from ``step`` on, the
+        value is multiplied by ``scale`` (a number >= 0). The steps must be
+        integers >= 0 listed in increasing order (Optax sorts them instead).
+
+    Returns:
+      A schedule.
+
+    Raises:
+      TypeError: if a value is not a number, a step not an integer, or
+        ``boundaries_and_scales`` not a dict.
+      ValueError: if a value is NaN or infinite, a scale negative, or a step
+        negative or out of order.
+
+    Example:
+      >>> import gradchain as gc
+      >>> s = gc.piecewise_constant_schedule(1.0, {100: 0.1, 200: 0.5})
+      >>> [round(float(s(t)), 4) for t in (99, 100, 200)]
+      [1.0, 0.1, 0.05]
+    """
+    fn = "piecewise_constant_schedule"
+    _check.finite(fn, "init_value", init_value)
+    if boundaries_and_scales is None:
+        boundaries_and_scales = {}
+    if not isinstance(boundaries_and_scales, Mapping):
+        raise TypeError(
+            f"{fn}: `boundaries_and_scales` must be a dict {{step: scale}} or None; "
+            f"got {type(boundaries_and_scales).__name__} {boundaries_and_scales!r:.80}."
+        )
+    boundaries = _boundaries(fn, "boundaries_and_scales", list(boundaries_and_scales))
+    scales = list(boundaries_and_scales.values())
+    for b, scale in zip(boundaries, scales, strict=True):
+        _check.non_negative(fn, f"boundaries_and_scales[{b}]", scale)
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        t = jnp.asarray(step)
+        value = jnp.full(t.shape, _float(init_value))
+        for b, scale in zip(boundaries, scales, strict=True):
+            value = jnp.where(t >= b, value * _float(scale), value)
+        return value
+
+    return schedule
+
+
+def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
+    """Runs ``schedules[i]`` on steps ``[boundaries[i-1], boundaries[i])``, restarting its count.
+
+    Schedule ``i > 0`` is called with ``step - boundaries[i-1]``, as in Optax;
+    its values are cast to the default float dtype.
+
+    Args:
+      schedules: one or more schedules.
+      boundaries: ``len(schedules) - 1`` integer steps >= 0, in increasing order.
+
+    Returns:
+      A schedule.
+
+    Raises:
+      TypeError: if a member is not callable or a boundary not an integer.
+      ValueError: if the lengths disagree, or a boundary is negative or out of order.
+
+    Example:
+      >>> import gradchain as gc
+      >>> warmup = gc.linear_schedule(0.0, 1.0, transition_steps=10)
+      >>> decay = gc.exponential_decay(1.0, transition_steps=10, decay_rate=0.5)
+      >>> s = gc.join_schedules([warmup, decay], boundaries=[10])
+      >>> [round(float(s(t)), 4) for t in (5, 10, 20)]
+      [0.5, 1.0, 0.5]
+    """
+    fn = "join_schedules"
+    members: tuple[Callable[[Any], Any], ...] = tuple(schedules)
+    for i, member in enumerate(members):
+        if not _check.is_schedule(member):
+            raise TypeError(
+                f"{fn}: `schedules[{i}]` must be a schedule (a function of the step); "
+                f"got {type(member).__name__} {member!r:.80}."
+            )
+    starts = _boundaries(fn, "boundaries", list(boundaries))
+    if not members or len(starts) != len(members) - 1:
+        raise ValueError(
+            f"{fn}: `boundaries` must hold len(schedules) - 1 = {len(members) - 1} steps "
+            f"(one or more schedules); got {len(starts)}: {starts!r}."
+        )
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        t = jnp.asarray(step)
+        value = _float(members[0](t))
+        for start, member in zip(starts, members[1:], strict=True):
+            value = jnp.where(t < start, value, _float(member(t - start)))
+        return value
+
+    return schedule

@@ -1,0 +1,206 @@
+"""Tree helpers: trace-time checks that name key paths, moments, norms, casting.
+
+The checks run while JAX traces a function, on shapes and structures only, so
+they cost nothing in the compiled program.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+def keystr(path: tuple[Any, ...]) -> str:
+    """Renders a key path the way users index the tree, or ``<root>`` when empty."""
+    return jax.tree_util.keystr(path) if path else "<root>"
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def _describe(node: Any) -> str:
+    if node is None:
+        return "None"
+    if isinstance(node, dict):
+        return f"dict with keys {sorted(map(str, node))}"
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+        return f"{type(node).__name__}{tuple(node._fields)}"
+    if isinstance(node, list | tuple):
+        return f"{type(node).__name__} of length {len(node)}"
+    if hasattr(node, "shape") and hasattr(node, "dtype"):
+        return f"array {node.dtype}{list(node.shape)}"
+    return type(node).__name__
+
+
+def _first_difference(a: Any, b: Any, path: tuple[Any, ...] = ()) -> tuple[str, str, str]:
+    """Finds the first key path where two trees differ, with a description of each side."""
+    a_kids = _children(a)
+    b_kids = _children(b)
+    if a_kids is None or b_kids is None:
+        return keystr(path), _describe(a), _describe(b)
+    a_type, a_items = a_kids
+    b_type, b_items = b_kids
+    a_keys = [k for k, _ in a_items]
+    b_keys = [k for k, _ in b_items]
+    if a_type is not b_type or a_keys != b_keys:
+        return keystr(path), _describe(a), _describe(b)
+    for (key, a_child), (_, b_child) in zip(a_items, b_items, strict=True):
+        if jax.tree.structure(a_child, is_leaf=_is_none) != jax.tree.structure(
+            b_child, is_leaf=_is_none
+        ):
+            return _first_difference(a_child, b_child, (*path, key))
+    return keystr(path), _describe(a), _describe(b)
+
+
+def _children(node: Any) -> tuple[type, list[tuple[Any, Any]]] | None:
+    """The (node type, [(key, child)]) of an inner node, or None for a leaf."""
+    if node is None:
+        return None
+    flat, _ = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
+    if len(flat) == 1 and not flat[0][0] and flat[0][1] is node:
+        return None  # a leaf: flattening returned the node itself
+    return type(node), [(path[0], child) for path, child in flat]
+
+
+def check_same_structure(fn: str, a_name: str, a: Any, b_name: str, b: Any) -> None:
+    """Raises ValueError naming ``fn`` and the first differing key path if structures differ."""
+    if jax.tree.structure(a, is_leaf=_is_none) == jax.tree.structure(b, is_leaf=_is_none):
+        return
+    where, a_desc, b_desc = _first_difference(a, b)
+    raise ValueError(
+        f"{fn}: the trees `{a_name}` and `{b_name}` differ in structure at {where}: "
+        f"`{a_name}` has {a_desc} there, `{b_name}` has {b_desc}. Pass trees built "
+        f"from the same parameters (the same keys, the same container types, None "
+        f"in the same places); a state must come from this transformation's own init."
+    )
+
+
+def check_same_shapes(fn: str, a_name: str, a: Any, b_name: str, b: Any) -> None:
+    """Raises ValueError with the key path and both shapes where leaf shapes differ.
+
+    Trees must already have the same structure. ``None`` leaves are skipped.
+    """
+    a_flat = jax.tree_util.tree_flatten_with_path(a, is_leaf=_is_none)[0]
+    b_flat = jax.tree.leaves(b, is_leaf=_is_none)
+    for (path, x), y in zip(a_flat, b_flat, strict=True):
+        if x is None or y is None:
+            continue
+        if jnp.shape(x) != jnp.shape(y):
+            raise ValueError(
+                f"{fn}: `{a_name}` and `{b_name}` disagree in shape at {keystr(path)}: "
+                f"{tuple(jnp.shape(x))} against {tuple(jnp.shape(y))}. gradchain never "
+                f"broadcasts one against the other; give both the parameter's shape."
+            )
+
+
+def check_matches(fn: str, updates: Any, state_name: str, state_tree: Any) -> None:
+    """Checks that ``updates`` and a per-parameter state tree share structure and shapes."""
+    check_same_structure(fn, "updates", updates, state_name, state_tree)
+    check_same_shapes(fn, "updates", updates, state_name, state_tree)
+
+
+def require_params(fn: str, params: Any) -> None:
+    """Raises a ValueError saying that ``fn`` needs ``params`` when they are missing."""
+    if params is None:
+        raise ValueError(
+            f"{fn}: update needs the current parameters; call "
+            f"`update(updates, state, params)` instead of `update(updates, state)`."
+        )
+
+
+def safe_increment(step: jax.Array) -> jax.Array:
+    """Adds one to an int32 counter, saturating at the int32 maximum instead of wrapping."""
+    return jnp.where(step < _INT32_MAX, step + 1, _INT32_MAX).astype(step.dtype)
+
+
+def compute_dtype(*dtypes: Any) -> Any:
+    """The dtype to do arithmetic in: at least the default float (float32), wider if asked."""
+    out = jnp.dtype(jnp.result_type(float))
+    for dt in dtypes:
+        dt = jnp.dtype(dt)
+        if jnp.issubdtype(dt, jnp.inexact) and dt.itemsize > out.itemsize:
+            out = dt
+    return out
+
+
+def cast_like(x: jax.Array, like: Any) -> jax.Array:
+    """Casts ``x`` to the dtype of ``like`` (an array or a dtype)."""
+    dtype = like if isinstance(like, jnp.dtype | type) else jnp.asarray(like).dtype
+    return jnp.asarray(x).astype(dtype)
+
+
+def zeros_like(params: Any, dtype: Any | None = None) -> Any:
+    """Zeros shaped like each parameter leaf (arrays or ShapeDtypeStructs), optionally recast."""
+
+    def zeros(p: Any) -> jax.Array:
+        return jnp.zeros(jnp.shape(p), dtype if dtype is not None else p.dtype)
+
+    return jax.tree.map(zeros, params)
+
+
+def full_like(params: Any, value: float, dtype: Any | None = None) -> Any:
+    """Arrays filled with ``value`` shaped like each parameter leaf."""
+
+    def full(p: Any) -> jax.Array:
+        return jnp.full(jnp.shape(p), value, dtype if dtype is not None else p.dtype)
+
+    return jax.tree.map(full, params)
+
+
+def map_in_compute_dtype(
+    f: Callable[..., jax.Array], out_like: Any, *trees: Any, scalars: tuple[jax.Array, ...] = ()
+) -> Any:
+    """Applies ``f(*leaves, *scalars)`` in the compute dtype, casting back like ``out_like``."""
+
+    def leaf(out: Any, *xs: Any) -> jax.Array:
+        dt = compute_dtype(*(x.dtype for x in xs), *(s.dtype for s in scalars))
+        args = [x.astype(dt) for x in xs] + [s.astype(dt) for s in scalars]
+        return f(*args).astype(out.dtype)
+
+    return jax.tree.map(leaf, out_like, *trees)
+
+
+def global_norm(updates: Any) -> jax.Array:
+    """The l2 norm of all leaves together, accumulated in at least float32.
+
+    Args:
+      updates: a tree of arrays.
+
+    Returns:
+      A scalar in the compute dtype (float32 unless a leaf is wider).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import gradchain as gc
+      >>> float(gc.global_norm({"a": jnp.array([3.0]), "b": jnp.array([4.0])}))
+      5.0
+    """
+    leaves = jax.tree.leaves(updates)
+    if not leaves:
+        return jnp.zeros([], jnp.result_type(float))
+    dt = compute_dtype(*(x.dtype for x in leaves))
+    total = sum(jnp.sum(jnp.square(x.astype(dt))) for x in leaves)
+    return jnp.sqrt(jnp.asarray(total, dt))
+
+
+def check_state(fn: str, state: Any, expected: type | tuple[type, ...]) -> None:
+    """Raises a TypeError naming ``fn`` when ``state`` is not of the state type it built."""
+    if isinstance(state, expected):
+        return
+    names = (
+        " or ".join(t.__name__ for t in expected)
+        if isinstance(expected, tuple)
+        else expected.__name__
+    )
+    raise TypeError(
+        f"{fn}: update received a state of type {type(state).__name__}, but this "
+        f"transformation's state is a {names}. Pass the state returned by this same "
+        f"transformation's init (or by its previous update), not another optimizer's."
+    )

@@ -1,0 +1,248 @@
+"""Wrappers: masked (apply a transform to some leaves) and inject_hyperparams (Optax's API)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradchain import _check, _tree
+from gradchain._base import (
+    AnyTransformation,
+    GradientTransformationExtraArgs,
+    OptState,
+    Params,
+    Updates,
+    call_update,
+)
+from gradchain._hyperparams import Hyperparams
+
+
+class MaskedNode(NamedTuple):
+    """Stands in for a masked-out leaf: an empty node, so the inner state has no entry for it."""
+
+
+class MaskedState(NamedTuple):
+    """State of :func:`masked`."""
+
+    inner_state: OptState
+
+
+MaskOrFn = Any | Callable[[Params], Any]
+
+
+def _is_masked_node(x: Any) -> bool:
+    return isinstance(x, MaskedNode)
+
+
+def _full_mask(fn: str, mask: MaskOrFn, params: Params) -> Any:
+    """The mask broadcast to one Python bool per parameter leaf, checked against ``params``."""
+    tree = mask(params) if callable(mask) else mask
+
+    def as_bool(path: tuple[Any, ...], m: Any) -> bool:
+        if isinstance(m, bool):
+            return m
+        try:
+            return bool(m)
+        except (TypeError, jax.errors.ConcretizationTypeError) as err:
+            raise TypeError(
+                f"{fn}: mask entry at {_tree.keystr(path)} must be a Python bool; got "
+                f"{type(m).__name__}. A mask is fixed when the transform is traced: build it "
+                f"from parameter names or shapes, not from array values."
+            ) from err
+
+    tree = jax.tree_util.tree_map_with_path(as_bool, tree)
+    try:
+        return jax.tree.map(
+            lambda m, sub: jax.tree.map(lambda _: m, sub), tree, params, is_leaf=lambda x: x is None
+        )
+    except (ValueError, TypeError):
+        _tree.check_same_structure(fn, "mask", tree, "params", params)
+        raise
+
+
+def masked(inner: AnyTransformation, mask: MaskOrFn) -> GradientTransformationExtraArgs:
+    """Applies ``inner`` to the leaves where ``mask`` is True; others pass unchanged.
+
+    The inner state holds nothing for masked-out leaves.
+
+    Args:
+      inner: the transformation to apply.
+      mask: a tree of Python bools with the parameters' structure (or a prefix
+        of it: a bool at a subtree covers all its leaves), or a function from
+        the parameters to such a tree.
+
+    Returns:
+      A GradientTransformationExtraArgs whose state is a MaskedState.
+
+    Raises:
+      ValueError: (at init or update) if the mask's structure does not match
+        the parameters, naming the first differing key path.
+      TypeError: if a mask entry is not a bool.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import gradchain as gc
+      >>> params = {"w": jnp.ones(2), "b": jnp.ones(2)}
+      >>> tx = gc.masked(gc.scale(0.0), {"w": True, "b": False})
+      >>> u, _ = tx.update(params, tx.init(params))
+      >>> float(u["w"][0]), float(u["b"][0])
+      (0.0, 1.0)
+    """
+    fn = "masked"
+
+    def select(full: Any, tree: Any) -> Any:
+        return jax.tree.map(lambda m, x: x if m else MaskedNode(), full, tree)
+
+    def init_fn(params: Params) -> MaskedState:
+        full = _full_mask(fn, mask, params)
+        return MaskedState(inner.init(select(full, params)))
+
+    def update_fn(
+        updates: Updates, state: MaskedState, params: Params | None = None, **extra_args: Any
+    ) -> tuple[Updates, MaskedState]:
+        _tree.check_state(fn, state, MaskedState)
+        if callable(mask):
+            _tree.require_params(f"{fn} (with a mask function)", params)
+        full = _full_mask(fn, mask, updates if params is None else params)
+        _tree.check_same_structure(fn, "updates", updates, "mask", full)
+        inner_params = None if params is None else select(full, params)
+        new, inner_state = call_update(
+            inner, select(full, updates), state.inner_state, inner_params, extra_args
+        )
+        merged = jax.tree.map(
+            lambda m, n, u: n if m else u, full, new, updates, is_leaf=_is_masked_node
+        )
+        return merged, MaskedState(inner_state)
+
+    return GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class InjectHyperparamsState(NamedTuple):
+    """State of a transformation built by :func:`inject_hyperparams`.
+
+    Attributes:
+      count: int32[], updates seen so far (drives the schedules).
+      hyperparams: name -> value used by the last update (at init: step 0).
+        Constants may be overwritten here, as in Optax; scheduled ones are
+        recomputed on every update.
+      inner_state: the wrapped transformation's state.
+    """
+
+    count: jax.Array
+    hyperparams: dict[str, jax.Array]
+    inner_state: OptState
+
+
+def _sync_hparams(old: OptState, fresh: OptState) -> OptState:
+    """``old`` with every constant hyperparameter taken from ``fresh`` (same structure)."""
+
+    def is_hp(x: Any) -> bool:
+        return isinstance(x, Hyperparams)
+
+    old_flat, treedef = jax.tree.flatten(old, is_leaf=is_hp)
+    fresh_flat = jax.tree.leaves(fresh, is_leaf=is_hp)
+
+    def merge(o: Hyperparams, f: Hyperparams) -> Hyperparams:
+        complement = {k: f.complement[k] if k in f.constant else v for k, v in o.complement.items()}
+        return Hyperparams(f.constant, o.scheduled, complement)
+
+    merged = [merge(o, f) if is_hp(o) else o for o, f in zip(old_flat, fresh_flat, strict=True)]
+    return treedef.unflatten(merged)
+
+
+def inject_hyperparams(
+    inner_factory: Callable[..., AnyTransformation],
+    static_args: str | tuple[str, ...] = (),
+    hyperparam_dtype: Any | None = None,
+) -> Callable[..., GradientTransformationExtraArgs]:
+    """Optax's ``inject_hyperparams``: numeric arguments of a factory become state.
+
+    gradchain transforms already keep their hyperparameters in state (see
+    :func:`get_hyperparams`); this wrapper exists so that Optax programs that
+    read or write ``state.hyperparams["learning_rate"]`` run unchanged.
+    Numeric (non-bool) arguments and schedules become entries of
+    ``state.hyperparams``, stored in float32 (or ``hyperparam_dtype``), never
+    cast to the parameters' dtype. Schedules are evaluated at ``state.count``.
+
+    Each update rebuilds the inner transformation from the stored values; to
+    hand them to its state it evaluates the inner ``init``, which ``jit``
+    removes as dead code (without ``jit`` it costs one allocation per update).
+
+    Args:
+      inner_factory: a function returning a transformation, e.g. ``gc.adam``.
+      static_args: names of arguments to keep as Python values.
+      hyperparam_dtype: dtype of the stored hyperparameters.
+
+    Returns:
+      A function with ``inner_factory``'s arguments that returns a
+      GradientTransformationExtraArgs whose state is an InjectHyperparamsState.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import gradchain as gc
+      >>> tx = gc.inject_hyperparams(gc.sgd)(learning_rate=0.1)
+      >>> state = tx.init({"w": jnp.ones(1)})
+      >>> state.hyperparams["learning_rate"] = jnp.array(0.5)
+      >>> u, state = tx.update({"w": jnp.ones(1)}, state)
+      >>> float(u["w"][0])
+      -0.5
+    """
+    static = {static_args} if isinstance(static_args, str) else set(static_args)
+    _check.dtype_or_none("inject_hyperparams", "hyperparam_dtype", hyperparam_dtype)
+    hp_dtype = jnp.dtype(hyperparam_dtype or jnp.result_type(float))
+
+    @functools.wraps(inner_factory)
+    def factory(*args: Any, **kwargs: Any) -> GradientTransformationExtraArgs:
+        bound = inspect.signature(inner_factory).bind(*args, **kwargs)
+        arguments = dict(bound.arguments)
+
+        def is_numeric(name: str, v: Any) -> bool:
+            if name in static or isinstance(v, bool):
+                return False
+            return _check.concrete_value(v) is not None or (
+                isinstance(v, jax.Array) and jnp.shape(v) == ()
+            )
+
+        schedules = {
+            k: v for k, v in arguments.items() if k not in static and _check.is_schedule(v)
+        }
+        numeric = {k: v for k, v in arguments.items() if is_numeric(k, v)}
+        other = {k: v for k, v in arguments.items() if k not in schedules and k not in numeric}
+
+        def current(count: jax.Array, stored: dict[str, jax.Array]) -> dict[str, jax.Array]:
+            out = {k: stored[k] for k in numeric}
+            out.update({k: jnp.asarray(s(count)).astype(hp_dtype) for k, s in schedules.items()})
+            return out
+
+        def build(hps: dict[str, jax.Array]) -> AnyTransformation:
+            return inner_factory(**other, **hps)
+
+        def init_fn(params: Params) -> InjectHyperparamsState:
+            count = jnp.zeros([], jnp.int32)
+            stored = {k: jnp.asarray(v).astype(hp_dtype) for k, v in numeric.items()}
+            hps = current(count, stored)
+            return InjectHyperparamsState(count, hps, build(hps).init(params))
+
+        def update_fn(
+            updates: Updates,
+            state: InjectHyperparamsState,
+            params: Params | None = None,
+            **extra_args: Any,
+        ) -> tuple[Updates, InjectHyperparamsState]:
+            _tree.check_state("inject_hyperparams", state, InjectHyperparamsState)
+            hps = current(state.count, state.hyperparams)
+            inner = build(hps)
+            template = updates if params is None else params
+            inner_state = _sync_hparams(state.inner_state, inner.init(template))
+            updates, inner_state = call_update(inner, updates, inner_state, params, extra_args)
+            count = _tree.safe_increment(state.count)
+            return updates, InjectHyperparamsState(count, hps, inner_state)
+
+        return GradientTransformationExtraArgs(init_fn, update_fn)
+
+    return factory
