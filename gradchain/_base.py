@@ -124,6 +124,7 @@ def identity() -> GradientTransformation:
         updates: Updates, state: OptState, params: Params | None = None
     ) -> tuple[Updates, OptState]:
         del params
+        _tree.check_state("identity", state, EmptyState)
         return updates, state
 
     return GradientTransformation(init_fn, update_fn)
@@ -152,6 +153,7 @@ def set_to_zero() -> GradientTransformation:
         updates: Updates, state: OptState, params: Params | None = None
     ) -> tuple[Updates, OptState]:
         del params
+        _tree.check_state("set_to_zero", state, EmptyState)
         return jax.tree.map(jnp.zeros_like, updates), state
 
     return GradientTransformation(init_fn, update_fn)
@@ -186,6 +188,7 @@ def stateless(
     def update_fn(
         updates: Updates, state: OptState, params: Params | None = None
     ) -> tuple[Updates, OptState]:
+        _tree.check_state("stateless", state, EmptyState)
         new_updates = f(updates, params)
         _tree.check_same_structure("stateless", "updates", updates, "f(updates)", new_updates)
         return new_updates, state
@@ -222,9 +225,10 @@ def stateless_with_tree_map(
     def update_fn(
         updates: Updates, state: OptState, params: Params | None = None
     ) -> tuple[Updates, OptState]:
+        _tree.check_state("stateless_with_tree_map", state, EmptyState)
         if params is None:
             return jax.tree.map(lambda u: f(u, None), updates), state
-        _tree.check_same_structure("stateless_with_tree_map", "updates", updates, "params", params)
+        _tree.check_matches("stateless_with_tree_map", updates, "params", params)
         return jax.tree.map(f, updates, params), state
 
     return GradientTransformation(init_fn, update_fn)
@@ -277,8 +281,8 @@ def accepts_extra_args(tx: AnyTransformation) -> bool:
 def apply_updates(params: Params, updates: Updates) -> Params:
     """Adds updates to parameters, returning parameters in their own dtypes.
 
-    The sum is computed in the wider of the two dtypes and cast back to the
-    parameter's dtype, so bfloat16 parameters stay bfloat16 even when the
+    The sum is computed in float32 (or the wider of the two dtypes) and cast
+    back to the parameter's dtype, so bfloat16 parameters stay bfloat16 even when the
     updates are float32. ``None`` leaves in ``params`` pass through.
 
     Args:
@@ -305,9 +309,9 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     def add(p: jax.Array | None, u: jax.Array | None) -> jax.Array | None:
         if p is None:
             return None
-        p = jnp.asarray(p)
-        wide = jnp.promote_types(p.dtype, jnp.asarray(u).dtype)
-        return (p.astype(wide) + jnp.asarray(u).astype(wide)).astype(p.dtype)
+        p, u = jnp.asarray(p), jnp.asarray(u)
+        wide = _tree.compute_dtype(p.dtype, u.dtype)
+        return (p.astype(wide) + u.astype(wide)).astype(p.dtype)
 
     return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)
 

@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 
 def concrete_value(value: Any) -> float | None:
@@ -21,7 +22,7 @@ def concrete_value(value: Any) -> float | None:
         return None
     if isinstance(value, int | float | np.integer | np.floating):
         return float(value)
-    if isinstance(value, jax.core.Tracer):
+    if isinstance(value, Tracer):
         return None
     is_scalar_array = isinstance(value, np.ndarray | jax.Array) and np.shape(value) == ()
     if is_scalar_array and any(jnp.issubdtype(value.dtype, k) for k in (jnp.integer, jnp.floating)):
@@ -33,7 +34,7 @@ def number(fn: str, name: str, value: Any, *, schedule_ok: bool = False) -> None
     """Raises TypeError unless ``value`` is a real scalar (or, if allowed, a schedule)."""
     if schedule_ok and callable(value) and not isinstance(value, jax.Array):
         return
-    if isinstance(value, jax.core.Tracer):
+    if isinstance(value, Tracer):
         if getattr(value, "shape", None) not in ((), None):
             raise ValueError(
                 f"{fn}: `{name}` must be a scalar; got a traced array of shape {value.shape}."

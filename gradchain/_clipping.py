@@ -41,7 +41,7 @@ def clip(max_delta: ScalarOrSchedule) -> GradientTransformation:
     """
     fn = "clip"
     _check.non_negative(fn, "max_delta", max_delta, schedule_ok=True)
-    spec = HyperparamSpec(fn, max_delta=max_delta)
+    spec = HyperparamSpec(fn, dict(max_delta=max_delta))
 
     def init_fn(params: Params) -> ClipState:
         del params
@@ -93,7 +93,7 @@ def clip_by_global_norm(max_norm: ScalarOrSchedule) -> GradientTransformation:
     """
     fn = "clip_by_global_norm"
     _check.positive(fn, "max_norm", max_norm, schedule_ok=True)
-    spec = HyperparamSpec(fn, max_norm=max_norm)
+    spec = HyperparamSpec(fn, dict(max_norm=max_norm))
 
     def init_fn(params: Params) -> ClipState:
         del params

@@ -19,6 +19,7 @@ term. :func:`set_hyperparams` keeps the two in step.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -77,15 +78,13 @@ class HyperparamSpec:
     """
 
     def __init__(
-        self, fn: str, *, rates: tuple[str, ...] = (), **hyperparams: ScalarOrSchedule
+        self, fn: str, hyperparams: dict[str, ScalarOrSchedule], rates: tuple[str, ...] = ()
     ) -> None:
         self.fn = fn
         self.rates = rates
         self.constant = {k: v for k, v in hyperparams.items() if not _check.is_schedule(v)}
         self.schedules: dict[str, Schedule] = {
-            k: v  # pyright: ignore[reportAssignmentType]
-            for k, v in hyperparams.items()
-            if _check.is_schedule(v)
+            k: v for k, v in hyperparams.items() if callable(v) and _check.is_schedule(v)
         }
 
     def _scheduled_at(self, step: jax.Array) -> dict[str, jax.Array]:
@@ -105,7 +104,20 @@ class HyperparamSpec:
         return Hyperparams(constant, scheduled, self._complements(constant, scheduled))
 
     def advance(self, hp: Hyperparams, step: jax.Array) -> Hyperparams:
-        """The state entry after an update: scheduled values recomputed at ``step``."""
+        """The state entry after an update: scheduled values recomputed at ``step``.
+
+        Raises:
+          TypeError: if ``hp`` holds other hyperparameters, or other schedules,
+            than this transformation (a state from another optimizer).
+        """
+        if set(hp.constant) != set(self.constant) or set(hp.scheduled) != set(self.schedules):
+            raise TypeError(
+                f"{self.fn}: update received a state whose hyperparameters are "
+                f"{sorted(hp.constant)} constant and {sorted(hp.scheduled)} scheduled, but this "
+                f"transformation's are {sorted(self.constant)} constant and "
+                f"{sorted(self.schedules)} scheduled. Pass the state from this transformation's "
+                f"own init, not another optimizer's (nor one built with other schedules)."
+            )
         if not self.schedules:
             return hp
         scheduled = self._scheduled_at(step)
@@ -116,13 +128,24 @@ class HyperparamSpec:
         return Hyperparams(hp.constant, scheduled, complement)
 
 
+class _Values(dict):
+    """The values of one state's hyperparameters; a missing name says the state is foreign."""
+
+    def __missing__(self, name: str) -> Any:
+        raise KeyError(
+            f"this state has no hyperparameter {name!r}, only {sorted(self)}: it comes from "
+            f"another transformation. Pass the state from this transformation's own init."
+        )
+
+
 def values(hp: Hyperparams) -> dict[str, jax.Array]:
     """The hyperparameter values an update uses: constants and scheduled values."""
-    return {**hp.constant, **hp.scheduled}
+    return _Values({**hp.constant, **hp.scheduled})
 
 
 class _Entry(NamedTuple):
-    full: tuple[str, ...]  # every key on the way, for disambiguation
+    full: tuple[str, ...]  # every key on the way, attribute names included
+    positional: tuple[str, ...]  # names a user gave and positions in chains
     named: tuple[str, ...]  # only the names a user gave (named_chain, dict labels)
     attr: str  # "constant" or "scheduled", or "inject" for inject_hyperparams
     name: str
@@ -141,15 +164,18 @@ def _entries(state: Any) -> list[tuple[tuple[Any, ...], _Entry]]:
         state, is_leaf=lambda x: isinstance(x, Hyperparams) or _is_inject_state(x)
     )[0]
     for path, node in flat:
-        full, named = [], []
+        full, positional, named = [], [], []
         for key in path:
             if isinstance(key, jax.tree_util.DictKey):
                 full.append(str(key.key))
+                positional.append(str(key.key))
                 named.append(str(key.key))
             elif isinstance(key, jax.tree_util.SequenceKey):
                 full.append(str(key.idx))
+                positional.append(str(key.idx))
             elif isinstance(key, jax.tree_util.GetAttrKey):
                 full.append(key.name)
+        where = (tuple(full), tuple(positional), tuple(named))
         if isinstance(node, Hyperparams):
             for attr in ("constant", "scheduled"):
                 for name, value in getattr(node, attr).items():
@@ -159,7 +185,7 @@ def _entries(state: Any) -> list[tuple[tuple[Any, ...], _Entry]]:
                         if name in node.complement
                         else None
                     )
-                    entry = _Entry(tuple(full), tuple(named), attr, name, value, comp)
+                    entry = _Entry(*where, attr, name, value, comp)
                     out.append((key_path, entry))
         elif _is_inject_state(node):
             for name, value in node.hyperparams.items():
@@ -168,19 +194,29 @@ def _entries(state: Any) -> list[tuple[tuple[Any, ...], _Entry]]:
                     jax.tree_util.GetAttrKey("hyperparams"),
                     jax.tree_util.DictKey(name),
                 )
-                entry = _Entry(tuple(full), tuple(named), "inject", name, value, None)
+                entry = _Entry(*where, "inject", name, value, None)
                 out.append((key_path, entry))
     return out
 
 
 def _named(state: Any) -> dict[str, tuple[tuple[Any, ...], _Entry]]:
-    """Hyperparameters by user-facing name: named keys, plus indices where names collide."""
+    """Hyperparameters by user-facing name: given names, then positions, then attributes.
+
+    Each entry takes the shortest of the three spellings that no other entry shares.
+    """
     entries = _entries(state)
-    short = ["/".join((*e.named, e.name)) for _, e in entries]
+    spellings = [
+        ["/".join((*parts, e.name)) for parts in (e.named, e.positional, e.full)]
+        for _, e in entries
+    ]
     out = {}
-    for (path, e), s in zip(entries, short, strict=True):
-        key = s if short.count(s) == 1 else "/".join((*e.full, e.name))
-        out[key] = (path, e)
+    for (path, entry), mine in zip(entries, spellings, strict=True):
+        unique = [
+            spelling
+            for level, spelling in enumerate(mine)
+            if all(other[level] != spelling for other in spellings if other is not mine)
+        ]
+        out[unique[0] if unique else mine[-1]] = (path, entry)
     return out
 
 
@@ -235,7 +271,9 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, /, **kw
     Raises:
       KeyError: if a name is not a hyperparameter of this state (the message
         lists the names it has).
-      ValueError: if a name follows a schedule, or a value is not a scalar.
+      TypeError: if a value is not a real number (a string, a bool, a complex).
+      ValueError: if a name follows a schedule, or a value is not a scalar, or
+        is NaN or infinite.
 
     Example:
       >>> import jax.numpy as jnp
@@ -263,12 +301,24 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, /, **kw
                 f"from the step on every update. Build the transformation with a constant "
                 f"`{entry.name}` to set it by hand, or with another schedule."
             )
-        new = jnp.asarray(value)
+        try:
+            new = jnp.asarray(value)
+        except (TypeError, ValueError):
+            new = None
+        real = (jnp.integer, jnp.floating)
+        if new is None or not any(jnp.issubdtype(new.dtype, k) for k in real):
+            raise TypeError(
+                f"set_hyperparams: {name!r} must be a real number; got "
+                f"{type(value).__name__} {value!r:.80}."
+            )
         if new.shape != ():
             raise ValueError(
                 f"set_hyperparams: {name!r} must be a scalar; got shape {new.shape}. "
                 f"To try several values at once, vmap a function that calls set_hyperparams."
             )
+        exact = _check.concrete_value(new)  # None when traced
+        if exact is not None and not math.isfinite(exact):
+            raise ValueError(f"set_hyperparams: {name!r} must be finite; got {value!r}.")
         replace[path] = new.astype(entry.value.dtype)
         if entry.complement_path is not None:
             replace[entry.complement_path] = complement_of(value, replace[path])

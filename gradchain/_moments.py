@@ -95,7 +95,7 @@ def trace(
     fn = "trace"
     _check.decay_rate(fn, "decay", decay, schedule_ok=True)
     acc_dtype = _moment_dtype(fn, "accumulator_dtype", accumulator_dtype)
-    spec = HyperparamSpec(fn, decay=decay)
+    spec = HyperparamSpec(fn, dict(decay=decay))
 
     def init_fn(params: Params) -> TraceState:
         return TraceState(
@@ -160,7 +160,7 @@ def ema(
     fn = "ema"
     _check.decay_rate(fn, "decay", decay, schedule_ok=True)
     acc_dtype = _moment_dtype(fn, "accumulator_dtype", accumulator_dtype)
-    spec = HyperparamSpec(fn, rates=("decay",), decay=decay)
+    spec = HyperparamSpec(fn, dict(decay=decay), rates=("decay",))
 
     def init_fn(params: Params) -> EmaState:
         return EmaState(jnp.zeros([], jnp.int32), _tree.zeros_like(params, acc_dtype), spec.init())
@@ -253,7 +253,7 @@ def scale_by_adam(
     _check.non_negative(fn, "eps_root", eps_root, schedule_ok=True)
     mu_dt = _moment_dtype(fn, "mu_dtype", mu_dtype)
     nu_dt = _moment_dtype(fn, "nu_dtype", nu_dtype)
-    spec = HyperparamSpec(fn, rates=("b1", "b2"), b1=b1, b2=b2, eps=eps, eps_root=eps_root)
+    spec = HyperparamSpec(fn, dict(b1=b1, b2=b2, eps=eps, eps_root=eps_root), rates=("b1", "b2"))
 
     def init_fn(params: Params) -> ScaleByAdamState:
         return ScaleByAdamState(
@@ -356,7 +356,7 @@ def scale_by_rms(
     _check.decay_rate(fn, "decay", decay, schedule_ok=True)
     _check.non_negative(fn, "eps", eps, schedule_ok=True)
     _check.non_negative(fn, "initial_scale", initial_scale)
-    spec = HyperparamSpec(fn, rates=("decay",), decay=decay, eps=eps)
+    spec = HyperparamSpec(fn, dict(decay=decay, eps=eps), rates=("decay",))
 
     def init_fn(params: Params) -> ScaleByRmsState:
         nu = _tree.full_like(params, initial_scale)
@@ -438,7 +438,7 @@ def scale_by_stddev(
     _check.decay_rate(fn, "decay", decay, schedule_ok=True)
     _check.non_negative(fn, "eps", eps, schedule_ok=True)
     _check.non_negative(fn, "initial_scale", initial_scale)
-    spec = HyperparamSpec(fn, rates=("decay",), decay=decay, eps=eps)
+    spec = HyperparamSpec(fn, dict(decay=decay, eps=eps), rates=("decay",))
 
     def init_fn(params: Params) -> ScaleByStddevState:
         return ScaleByStddevState(
@@ -518,7 +518,7 @@ def scale_by_rss(
     fn = "scale_by_rss"
     _check.non_negative(fn, "initial_accumulator_value", initial_accumulator_value)
     _check.non_negative(fn, "eps", eps, schedule_ok=True)
-    spec = HyperparamSpec(fn, eps=eps)
+    spec = HyperparamSpec(fn, dict(eps=eps))
 
     def init_fn(params: Params) -> ScaleByRssState:
         acc = _tree.full_like(params, initial_accumulator_value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gradchain import _check
 from gradchain._base import GradientTransformationExtraArgs, ScalarOrSchedule, identity
 from gradchain._combine import chain
 from gradchain._moments import scale_by_adam, scale_by_rms, scale_by_rss, scale_by_stddev, trace
@@ -57,6 +58,8 @@ def sgd(
       Robbins and Monro, A Stochastic Approximation Method, 1951.
       Sutskever et al., On the importance of initialization and momentum in deep learning, 2013.
     """
+    if momentum is not None:  # checked here, so the error names `momentum`, not trace's `decay`
+        _check.decay_rate("sgd", "momentum", momentum, schedule_ok=True)
     return chain(
         trace(momentum, nesterov, accumulator_dtype) if momentum is not None else identity(),
         scale_by_learning_rate(learning_rate),
@@ -290,6 +293,8 @@ def rmsprop(
     References:
       Tieleman and Hinton, Lecture 6.5: RMSProp, COURSERA, 2012.
     """
+    if momentum is not None:  # checked here, so the error names `momentum`, not trace's `decay`
+        _check.decay_rate("rmsprop", "momentum", momentum, schedule_ok=True)
     scaler = (scale_by_stddev if centered else scale_by_rms)(
         decay, eps, initial_scale, eps_in_sqrt, bias_correction
     )

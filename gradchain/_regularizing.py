@@ -34,7 +34,7 @@ def _add_param_term(
     term: Callable[[jax.Array], jax.Array],
 ) -> GradientTransformation:
     """A transform adding ``hparams[name] * term(param)`` to each update."""
-    spec = HyperparamSpec(fn, **{name: value})
+    spec = HyperparamSpec(fn, {name: value})
 
     def init_fn(params: Params) -> DecayState:
         del params

@@ -35,7 +35,7 @@ def scale_tree(updates: Updates, factor: jax.Array) -> Updates:
 
 def _scaling(fn: str, name: str, value: ScalarOrSchedule, sign: float) -> GradientTransformation:
     """A transform multiplying updates by ``sign * hparams[name]``."""
-    spec = HyperparamSpec(fn, **{name: value})
+    spec = HyperparamSpec(fn, {name: value})
 
     def init_fn(params: Params) -> ScaleState:
         del params

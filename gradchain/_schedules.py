@@ -1,22 +1,22 @@
 """Schedules: functions from an integer step to a scalar hyperparameter value.
 
-Each factory checks its arguments when called and returns a pure function
-``schedule(step) -> jax.Array``: a float scalar in the default float dtype
-(float32, or float64 under ``jax_enable_x64``), written in ``jax.numpy`` alone,
-so it runs under ``jit``, ``vmap`` and ``lax.scan`` with ``step`` a Python int,
-an int32 array or a tracer (an array of steps gives an array of values). Hyperparameters given as traced arrays pass the checks.
+Each factory checks its arguments at once and returns a pure ``jax.numpy``
+function ``schedule(step) -> jax.Array``, a float scalar in the default float
+dtype, that runs under ``jit``, ``vmap`` and ``lax.scan`` with ``step`` a Python
+int, an int32 array or a tracer (an array of steps gives an array of values).
+Hyperparameters given as traced arrays pass the checks unchecked.
 
-Names, arguments and values follow Optax. Differences: a bad argument raises
-where Optax logs and returns a constant schedule; interpolations are written to
-stay accurate to float32 rounding (Optax's ``1 - t/T`` and ``1 + cos`` lose
-relative precision near zero: the two differ by less than 1e-7 times the values).
-Other differences are listed in the docstrings.
+Names, arguments and values follow Optax, with these differences: a bad argument
+raises (Optax often logs and returns a constant schedule); interpolations are
+written to keep float32 relative accuracy near zero, where Optax's ``1 - t/T``
+and ``1 + cos`` cancel (the two differ there by under 1e-7 times the scale);
+and the differences noted in the docstrings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -26,14 +26,17 @@ from jax.typing import ArrayLike
 from gradchain import _check
 from gradchain._base import Schedule
 
+Steps: TypeAlias = int | np.integer | jax.Array
+"""A step count: a Python int, or an integer scalar array (traced ones pass unchecked)."""
+
 
 def _float(x: ArrayLike) -> jax.Array:
-    """``x`` as an array of the default float dtype (explicit, for strict promotion)."""
+    """``x`` cast to the default float dtype (explicitly, for strict promotion)."""
     return jnp.asarray(x).astype(jnp.result_type(float))
 
 
 def _steps(fn: str, name: str, value: Any, *, positive: bool) -> Any:
-    """Checks a step count; returns it as a Python int, or as is when traced."""
+    """Checks a step count; returns it as a Python int, or unchanged when traced."""
     if isinstance(value, np.ndarray | jax.Array) and jnp.issubdtype(value.dtype, jnp.integer):
         _check.number(fn, name, value)  # a scalar
         if _check.concrete_value(value) is None:  # traced
@@ -58,23 +61,32 @@ def _boundaries(fn: str, name: str, values: Sequence[Any]) -> list[int]:
     return out
 
 
+def _finite(fn: str, **values: Any) -> None:
+    for name, value in values.items():
+        _check.finite(fn, name, value)
+
+
 def _flag(fn: str, name: str, value: Any) -> None:
     if not isinstance(value, bool | np.bool_):
         raise TypeError(f"{fn}: `{name}` must be a bool; got {type(value).__name__} {value!r}.")
 
 
 def _progress(step: ArrayLike, steps: Any, begin: Any = 0) -> tuple[jax.Array, jax.Array]:
-    """The fractions (ahead, done) of a ``steps``-step transition from ``begin``.
+    """The fractions (ahead, done) of a ``steps``-step transition starting at ``begin``.
 
-    Both are computed from integers, so each is exact to rounding even near 0.
+    Each is a ratio of integers, so each keeps its relative accuracy near 0.
     """
     done = jnp.clip(jnp.asarray(step) - begin, 0, steps)
     denominator = _float(jnp.maximum(steps, 1))  # no NaN for a traced `steps` of 0
     return _float(steps - done) / denominator, _float(done) / denominator
 
 
+def _lerp(start: ArrayLike, stop: ArrayLike, ahead: jax.Array, done: jax.Array) -> jax.Array:
+    return _float(start) * ahead + _float(stop) * done
+
+
 def _cosine(ahead: jax.Array) -> jax.Array:
-    """``(1 + cos(pi * done)) / 2`` written as ``sin(pi/2 * ahead)**2``: no cancellation at 0."""
+    """``(1 + cos(pi * done)) / 2``, written as ``sin(pi/2 * ahead)**2`` to avoid cancellation."""
     return jnp.sin(jnp.pi / 2 * ahead) ** 2
 
 
@@ -108,8 +120,7 @@ def _polynomial(
     fn: str, init: ArrayLike, end: ArrayLike, power: ArrayLike | None, steps: Any, begin: Any
 ) -> Schedule:
     """``end + (init - end) * ahead**power``; ``power=None`` is exactly linear."""
-    _check.finite(fn, "init_value", init)
-    _check.finite(fn, "end_value", end)
+    _finite(fn, init_value=init, end_value=end)
     if power is not None:
         _check.positive(fn, "power", power)
     steps = _steps(fn, "transition_steps", steps, positive=True)
@@ -118,26 +129,25 @@ def _polynomial(
     def schedule(step: ArrayLike) -> jax.Array:
         ahead, done = _progress(step, steps, begin)
         if power is None:
-            return _float(init) * ahead + _float(end) * done
-        # The weights ahead**p and 1 - ahead**p = -expm1(p * log1p(-done)), each accurate.
-        w_end = -jnp.expm1(_float(power) * jnp.log1p(-done))
-        return _float(init) * ahead ** _float(power) + _float(end) * w_end
+            return _lerp(init, end, ahead, done)
+        # Weights ahead**p and 1 - ahead**p = -expm1(p * log1p(-done)), each accurate.
+        p = _float(power)
+        return _lerp(init, end, ahead**p, -jnp.expm1(p * jnp.log1p(-done)))
 
     return schedule
 
 
 def linear_schedule(
-    init_value: ArrayLike, end_value: ArrayLike, transition_steps: int, transition_begin: int = 0
+    init_value: ArrayLike,
+    end_value: ArrayLike,
+    transition_steps: Steps,
+    transition_begin: Steps = 0,
 ) -> Schedule:
-    """Linear interpolation from ``init_value`` to ``end_value``.
-
-    The value is ``init_value`` up to ``transition_begin``, moves linearly over
-    the next ``transition_steps`` steps, and is ``end_value`` from
-    ``transition_begin + transition_steps`` on.
+    """``init_value`` up to ``transition_begin``, then linear to ``end_value``.
 
     Args:
-      init_value: the value before and at ``transition_begin``.
-      end_value: the value at and after the end of the transition.
+      init_value: the value up to ``transition_begin``.
+      end_value: the value from ``transition_begin + transition_steps`` on.
       transition_steps: the length of the transition, an integer > 0.
       transition_begin: the step where the transition starts, an integer >= 0.
 
@@ -146,8 +156,7 @@ def linear_schedule(
 
     Raises:
       TypeError: if a value is not a number or a step count not an integer.
-      ValueError: if a value is NaN or infinite, ``transition_steps <= 0`` or
-        ``transition_begin < 0`` (Optax logs and holds ``init_value`` instead).
+      ValueError: if an argument is NaN, infinite or outside its range above.
 
     Example:
       >>> import gradchain as gc
@@ -155,28 +164,26 @@ def linear_schedule(
       >>> [round(float(s(t)), 4) for t in (0, 2, 3, 6, 9)]
       [1.0, 1.0, 0.75, 0.0, 0.0]
     """
-    return _polynomial(
-        "linear_schedule", init_value, end_value, None, transition_steps, transition_begin
-    )
+    fn = "linear_schedule"
+    return _polynomial(fn, init_value, end_value, None, transition_steps, transition_begin)
 
 
 def polynomial_schedule(
     init_value: ArrayLike,
     end_value: ArrayLike,
     power: ArrayLike,
-    transition_steps: int,
-    transition_begin: int = 0,
+    transition_steps: Steps,
+    transition_begin: Steps = 0,
 ) -> Schedule:
-    """Polynomial interpolation: ``end + (init - end) * (1 - (t - begin) / steps) ** power``.
+    """``end + (init - end) * (1 - d / transition_steps) ** power``, ``d = t - transition_begin``.
 
-    ``t - begin`` is clipped to ``[0, transition_steps]``, so the value is
-    ``init_value`` up to ``transition_begin`` and ``end_value`` after the transition.
+    ``d`` is clipped to ``[0, transition_steps]``.
 
     Args:
-      init_value: the value before and at ``transition_begin``.
-      end_value: the value at and after the end of the transition.
-      power: the exponent, > 0 (Optax accepts any; 0 never leaves ``init_value``
-        and a negative power gives infinities).
+      init_value: the value up to ``transition_begin``.
+      end_value: the value from ``transition_begin + transition_steps`` on.
+      power: the exponent, > 0 (Optax accepts any: 0 never leaves ``init_value``,
+        a negative power reaches infinity).
       transition_steps: the length of the transition, an integer > 0.
       transition_begin: the step where the transition starts, an integer >= 0.
 
@@ -185,8 +192,7 @@ def polynomial_schedule(
 
     Raises:
       TypeError: if a value is not a number or a step count not an integer.
-      ValueError: if a value is NaN or infinite, ``power <= 0``,
-        ``transition_steps <= 0`` or ``transition_begin < 0``.
+      ValueError: if an argument is NaN, infinite or outside its range above.
 
     Example:
       >>> import gradchain as gc
@@ -194,34 +200,32 @@ def polynomial_schedule(
       >>> [round(float(s(t)), 4) for t in (0, 5, 10)]
       [1.0, 0.25, 0.0]
     """
-    return _polynomial(
-        "polynomial_schedule", init_value, end_value, power, transition_steps, transition_begin
-    )
+    fn = "polynomial_schedule"
+    return _polynomial(fn, init_value, end_value, power, transition_steps, transition_begin)
 
 
 def exponential_decay(
     init_value: ArrayLike,
-    transition_steps: int,
-    decay_rate: float,
-    transition_begin: int = 0,
+    transition_steps: Steps,
+    decay_rate: ArrayLike,
+    transition_begin: Steps = 0,
     staircase: bool = False,
     end_value: ArrayLike | None = None,
 ) -> Schedule:
-    """Exponential decay: ``init * decay_rate ** ((t - transition_begin) / transition_steps)``.
+    """``init * decay_rate ** ((t - transition_begin) / transition_steps)``, ``init`` before.
 
-    The value is ``init_value`` up to ``transition_begin``. With ``staircase``
-    the exponent is floored, so "multiply the learning rate by 0.9 every 100
-    epochs" is ``exponential_decay(lr, 100, 0.9, staircase=True)``. A given
-    ``end_value`` bounds the value: from below when ``decay_rate < 1``, from
-    above when ``decay_rate > 1`` (as in Optax, the bound applies at every step).
+    With ``staircase`` the exponent is floored: "multiply the learning rate by
+    0.9 every 100 epochs" is ``exponential_decay(lr, 100, 0.9, staircase=True)``.
+    ``end_value`` bounds the value from below when ``decay_rate < 1``, from above
+    otherwise.
 
     Args:
-      init_value: the value before and at ``transition_begin``.
-      transition_steps: the number of steps per factor of ``decay_rate``, an integer > 0.
-      decay_rate: the factor per ``transition_steps`` steps, > 0 (< 1 decays, > 1 grows).
+      init_value: the value up to ``transition_begin``.
+      transition_steps: the steps per factor of ``decay_rate``, an integer > 0.
+      decay_rate: the factor, > 0 (< 1 decays, > 1 grows).
       transition_begin: the step where the decay starts, an integer >= 0.
       staircase: whether the value changes only every ``transition_steps`` steps.
-      end_value: an optional bound, on the side the value moves towards.
+      end_value: an optional bound on the side the value moves towards.
 
     Returns:
       A schedule.
@@ -229,9 +233,9 @@ def exponential_decay(
     Raises:
       TypeError: if a value is not a number, a step count not an integer, or
         ``staircase`` not a bool.
-      ValueError: if a value is NaN or infinite, ``decay_rate <= 0`` (Optax holds
-        ``init_value`` for 0), ``transition_steps <= 0``, ``transition_begin < 0``,
-        or ``end_value`` lies behind ``init_value`` (the schedule would be constant).
+      ValueError: if a value is NaN or infinite, ``decay_rate <= 0``,
+        ``transition_steps <= 0``, ``transition_begin < 0``, or ``end_value`` is
+        behind ``init_value`` (Optax then returns ``end_value`` at every step).
 
     Example:
       >>> import gradchain as gc
@@ -249,11 +253,11 @@ def exponential_decay(
         _check.finite(fn, "end_value", end_value)
         init, rate, end = map(_check.concrete_value, (init_value, decay_rate, end_value))
         if (init is not None and rate is not None and end is not None) and (
-            (rate < 1 and end > init) or (rate > 1 and end < init)
+            end > init if rate < 1 else end < init
         ):
             raise ValueError(
-                f"{fn}: `end_value` must lie on the side the value moves towards from "
-                f"init_value={init_value!r} with decay_rate={decay_rate!r}; got {end_value!r}."
+                f"{fn}: `end_value` must not be behind init_value={init_value!r} in the "
+                f"direction of decay_rate={decay_rate!r}; got {end_value!r}."
             )
 
     def schedule(step: ArrayLike) -> jax.Array:
@@ -261,8 +265,8 @@ def exponential_decay(
         exponent = _float(t - begin) / _float(steps)
         if staircase:
             exponent = jnp.floor(exponent)
-        rate = _float(decay_rate)
-        value = jnp.where(t <= begin, _float(init_value), _float(init_value) * rate**exponent)
+        init, rate = _float(init_value), _float(decay_rate)
+        value = jnp.where(t <= begin, init, init * rate**exponent)
         if end_value is None:
             return value
         end = _float(end_value)
@@ -274,27 +278,24 @@ def exponential_decay(
 def inverse_time_decay_schedule(
     init_value: ArrayLike,
     decay_rate: ArrayLike,
-    transition_steps: int = 1,
+    transition_steps: Steps = 1,
     staircase: bool = False,
 ) -> Schedule:
-    """Inverse time decay: ``init / (1 + decay_rate * t / transition_steps)``.
-
-    With ``staircase``, ``t / transition_steps`` is floored. Optax has no such schedule.
+    """``init / (1 + decay_rate * t / transition_steps)``; Optax has no such schedule.
 
     Args:
       init_value: the value at step 0.
       decay_rate: a number >= 0.
-      transition_steps: the step unit of the decay, an integer > 0.
-      staircase: whether the value changes only every ``transition_steps`` steps.
+      transition_steps: the step unit, an integer > 0.
+      staircase: whether to floor ``t / transition_steps``.
 
     Returns:
       A schedule.
 
     Raises:
-      TypeError: if a value is not a number, ``transition_steps`` not an
-        integer, or ``staircase`` not a bool.
-      ValueError: if a value is NaN or infinite, ``decay_rate < 0`` or
-        ``transition_steps <= 0``.
+      TypeError: if a value is not a number, a step count not an integer or
+        ``staircase`` not a bool.
+      ValueError: if an argument is NaN, infinite or outside its range above.
 
     Example:
       >>> import gradchain as gc
@@ -318,27 +319,24 @@ def inverse_time_decay_schedule(
 
 
 def inverse_sqrt_decay_schedule(
-    init_value: ArrayLike, decay_rate: ArrayLike = 1.0, transition_steps: int = 1
+    init_value: ArrayLike, decay_rate: ArrayLike = 1.0, transition_steps: Steps = 1
 ) -> Schedule:
-    """Inverse square-root decay: ``init / (1 + decay_rate * sqrt(t / transition_steps))``.
-
-    Optax has no such schedule.
+    """``init / (1 + decay_rate * sqrt(t / transition_steps))``; Optax has no such schedule.
 
     Args:
       init_value: the value at step 0.
       decay_rate: a number >= 0.
-      transition_steps: the step unit of the decay, an integer > 0.
+      transition_steps: the step unit, an integer > 0.
 
     Returns:
       A schedule.
 
     Raises:
-      TypeError: if a value is not a number or ``transition_steps`` not an integer.
-      ValueError: if a value is NaN or infinite, ``decay_rate < 0`` or
-        ``transition_steps <= 0``.
+      TypeError: if a value is not a number or a step count not an integer.
+      ValueError: if an argument is NaN, infinite or outside its range above.
 
     Example:
-      The decay ``0.1 / (1 + sqrt(t))``:
+      With the defaults, the decay ``0.1 / (1 + sqrt(t))``:
 
       >>> import gradchain as gc
       >>> s = gc.inverse_sqrt_decay_schedule(0.1)
@@ -358,26 +356,25 @@ def inverse_sqrt_decay_schedule(
 
 
 def cosine_decay_schedule(
-    init_value: ArrayLike, decay_steps: int, alpha: ArrayLike = 0.0, exponent: ArrayLike = 1.0
+    init_value: ArrayLike, decay_steps: Steps, alpha: ArrayLike = 0.0, exponent: ArrayLike = 1.0
 ) -> Schedule:
-    """Cosine decay from ``init_value`` to ``alpha * init_value`` over ``decay_steps`` steps.
+    """``init * ((1 - alpha) * c**exponent + alpha)``, ``c = (1 + cos(pi * min(t, T) / T)) / 2``.
 
-    The value is ``init * ((1 - alpha) * c**exponent + alpha)`` with
-    ``c = (1 + cos(pi * min(t, decay_steps) / decay_steps)) / 2``.
+    ``T`` is ``decay_steps``: the value goes from ``init_value`` to ``alpha * init_value``.
 
     Args:
       init_value: the value at step 0.
       decay_steps: the length of the decay, an integer > 0.
       alpha: the final value as a fraction of ``init_value``.
-      exponent: the power of ``c``, > 0 (Optax accepts any; see
-        :func:`polynomial_schedule`).
+      exponent: the power of ``c``, > 0 (Optax accepts any, as for ``power``
+        in :func:`polynomial_schedule`).
 
     Returns:
       A schedule.
 
     Raises:
-      TypeError: if a value is not a number or ``decay_steps`` not an integer.
-      ValueError: if a value is NaN or infinite, ``exponent <= 0`` or ``decay_steps <= 0``.
+      TypeError: if a value is not a number or a step count not an integer.
+      ValueError: if an argument is NaN, infinite or outside its range above.
 
     Example:
       >>> import gradchain as gc
@@ -389,8 +386,7 @@ def cosine_decay_schedule(
       Loshchilov and Hutter, SGDR: Stochastic Gradient Descent with Warm Restarts, 2017.
     """
     fn = "cosine_decay_schedule"
-    _check.finite(fn, "init_value", init_value)
-    _check.finite(fn, "alpha", alpha)
+    _finite(fn, init_value=init_value, alpha=alpha)
     _check.positive(fn, "exponent", exponent)
     steps = _steps(fn, "decay_steps", decay_steps, positive=True)
 
@@ -404,24 +400,25 @@ def cosine_decay_schedule(
 def warmup_cosine_decay_schedule(
     init_value: ArrayLike,
     peak_value: ArrayLike,
-    warmup_steps: int,
-    decay_steps: int,
+    warmup_steps: Steps,
+    decay_steps: Steps,
     end_value: ArrayLike = 0.0,
     exponent: ArrayLike = 1.0,
 ) -> Schedule:
     """Linear warmup from ``init_value`` to ``peak_value``, then cosine decay to ``end_value``.
 
-    The warmup takes steps ``[0, warmup_steps)``; the cosine decay the next
+    The warmup takes steps ``[0, warmup_steps)``, the decay the next
     ``decay_steps - warmup_steps`` (``decay_steps`` counts the warmup, as in
     Optax): ``end + (peak - end) * c**exponent``, ``c`` as in
-    :func:`cosine_decay_schedule`. Where Optax scales by ``end / peak`` and so
-    stays at 0 when ``peak_value == 0``, this decays to ``end_value`` all the same.
+    :func:`cosine_decay_schedule`. Optax scales by ``end / peak``, so with
+    ``peak_value == 0`` it stays at 0; this still decays to ``end_value``.
 
     Args:
       init_value: the value at step 0.
       peak_value: the value at ``warmup_steps``.
       warmup_steps: the length of the warmup, an integer >= 0.
-      decay_steps: the total length, an integer > ``warmup_steps``.
+      decay_steps: the total length, an integer > ``warmup_steps`` (Optax also
+        refuses ``decay_steps == warmup_steps``).
       end_value: the value from ``decay_steps`` on.
       exponent: the power of ``c``, > 0.
 
@@ -430,9 +427,7 @@ def warmup_cosine_decay_schedule(
 
     Raises:
       TypeError: if a value is not a number or a step count not an integer.
-      ValueError: if a value is NaN or infinite, ``exponent <= 0``,
-        ``warmup_steps < 0`` or ``decay_steps <= warmup_steps`` (Optax also
-        raises when they are equal).
+      ValueError: if an argument is NaN, infinite or outside its range above.
 
     Example:
       >>> import gradchain as gc
@@ -441,9 +436,7 @@ def warmup_cosine_decay_schedule(
       [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
     """
     fn = "warmup_cosine_decay_schedule"
-    for name, value in (("init_value", init_value), ("peak_value", peak_value)):
-        _check.finite(fn, name, value)
-    _check.finite(fn, "end_value", end_value)
+    _finite(fn, init_value=init_value, peak_value=peak_value, end_value=end_value)
     _check.positive(fn, "exponent", exponent)
     warmup = _steps(fn, "warmup_steps", warmup_steps, positive=False)
     total = _steps(fn, "decay_steps", decay_steps, positive=True)
@@ -454,8 +447,7 @@ def warmup_cosine_decay_schedule(
         )
 
     def schedule(step: ArrayLike) -> jax.Array:
-        ahead, done = _progress(step, warmup)
-        warm = _float(init_value) * ahead + _float(peak_value) * done
+        warm = _lerp(init_value, peak_value, *_progress(step, warmup))
         c = _cosine(_progress(step, total - warmup, warmup)[0]) ** _float(exponent)
         decay = _float(end_value) + (_float(peak_value) - _float(end_value)) * c
         return jnp.where(jnp.asarray(step) < warmup, warm, decay)
@@ -464,12 +456,12 @@ def warmup_cosine_decay_schedule(
 
 
 def warmup_constant_schedule(
-    init_value: ArrayLike, peak_value: ArrayLike, warmup_steps: int
+    init_value: ArrayLike, peak_value: ArrayLike, warmup_steps: Steps
 ) -> Schedule:
-    """Linear warmup from ``init_value`` to ``peak_value``, then ``peak_value`` for good.
+    """Linear warmup from ``init_value`` to ``peak_value`` over ``warmup_steps``, then the peak.
 
-    With ``warmup_steps=0`` the value is ``peak_value`` from step 0 on (Optax
-    returns ``init_value`` forever then).
+    With ``warmup_steps=0`` the value is ``peak_value`` from step 0 on (Optax's
+    stays at ``init_value`` then).
 
     Args:
       init_value: the value at step 0.
@@ -480,8 +472,8 @@ def warmup_constant_schedule(
       A schedule.
 
     Raises:
-      TypeError: if a value is not a number or ``warmup_steps`` not an integer.
-      ValueError: if a value is NaN or infinite or ``warmup_steps < 0``.
+      TypeError: if a value is not a number or a step count not an integer.
+      ValueError: if an argument is NaN, infinite or outside its range above.
 
     Example:
       >>> import gradchain as gc
@@ -490,13 +482,11 @@ def warmup_constant_schedule(
       [0.0, 0.25, 1.0, 1.0]
     """
     fn = "warmup_constant_schedule"
-    _check.finite(fn, "init_value", init_value)
-    _check.finite(fn, "peak_value", peak_value)
+    _finite(fn, init_value=init_value, peak_value=peak_value)
     warmup = _steps(fn, "warmup_steps", warmup_steps, positive=False)
 
     def schedule(step: ArrayLike) -> jax.Array:
-        ahead, done = _progress(step, warmup)
-        warm = _float(init_value) * ahead + _float(peak_value) * done
+        warm = _lerp(init_value, peak_value, *_progress(step, warmup))
         return jnp.where(jnp.asarray(step) < warmup, warm, _float(peak_value))
 
     return schedule
@@ -509,9 +499,9 @@ def piecewise_constant_schedule(
 
     Args:
       init_value: the value before the first boundary.
-      boundaries_and_scales: a dict ``{step: scale}``; from ``step`` on, the
-        value is multiplied by ``scale`` (a number >= 0). The steps must be
-        integers >= 0 listed in increasing order (Optax sorts them instead).
+      boundaries_and_scales: a dict ``{step: scale}``: from ``step`` on, the
+        value is multiplied by ``scale``, a number >= 0. The steps must be
+        integers >= 0 in increasing order (Optax sorts them).
 
     Returns:
       A schedule.
@@ -530,15 +520,14 @@ def piecewise_constant_schedule(
     """
     fn = "piecewise_constant_schedule"
     _check.finite(fn, "init_value", init_value)
-    if boundaries_and_scales is None:
-        boundaries_and_scales = {}
-    if not isinstance(boundaries_and_scales, Mapping):
+    table = {} if boundaries_and_scales is None else boundaries_and_scales
+    if not isinstance(table, Mapping):
         raise TypeError(
             f"{fn}: `boundaries_and_scales` must be a dict {{step: scale}} or None; "
-            f"got {type(boundaries_and_scales).__name__} {boundaries_and_scales!r:.80}."
+            f"got {type(table).__name__} {table!r:.80}."
         )
-    boundaries = _boundaries(fn, "boundaries_and_scales", list(boundaries_and_scales))
-    scales = list(boundaries_and_scales.values())
+    boundaries = _boundaries(fn, "boundaries_and_scales", list(table))
+    scales = list(table.values())
     for b, scale in zip(boundaries, scales, strict=True):
         _check.non_negative(fn, f"boundaries_and_scales[{b}]", scale)
 
@@ -553,10 +542,10 @@ def piecewise_constant_schedule(
 
 
 def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
-    """Runs ``schedules[i]`` on steps ``[boundaries[i-1], boundaries[i])``, restarting its count.
+    """Runs ``schedules[i]`` on steps ``[boundaries[i-1], boundaries[i])``.
 
     Schedule ``i > 0`` is called with ``step - boundaries[i-1]``, as in Optax;
-    its values are cast to the default float dtype.
+    the values are cast to the default float dtype.
 
     Args:
       schedules: one or more schedules.

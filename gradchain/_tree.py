@@ -30,8 +30,9 @@ def _describe(node: Any) -> str:
         return "None"
     if isinstance(node, dict):
         return f"dict with keys {sorted(map(str, node))}"
-    if isinstance(node, tuple) and hasattr(node, "_fields"):
-        return f"{type(node).__name__}{tuple(node._fields)}"
+    fields = getattr(node, "_fields", None)
+    if isinstance(node, tuple) and fields is not None:
+        return f"{type(node).__name__}{tuple(fields)}"
     if isinstance(node, list | tuple):
         return f"{type(node).__name__} of length {len(node)}"
     if hasattr(node, "shape") and hasattr(node, "dtype"):
@@ -49,12 +50,18 @@ def _first_difference(a: Any, b: Any, path: tuple[Any, ...] = ()) -> tuple[str, 
     b_type, b_items = b_kids
     a_keys = [k for k, _ in a_items]
     b_keys = [k for k, _ in b_items]
+    if a_type is b_type and a_keys != b_keys:
+        # The same container with other keys (or another length): name the first odd key.
+        for key, child in a_items + b_items:
+            if (key in a_keys) != (key in b_keys):
+                a_desc = _describe(child) if key in a_keys else f"no entry (in a {_describe(a)})"
+                b_desc = _describe(child) if key in b_keys else f"no entry (in a {_describe(b)})"
+                return keystr((*path, key)), a_desc, b_desc
     if a_type is not b_type or a_keys != b_keys:
         return keystr(path), _describe(a), _describe(b)
     for (key, a_child), (_, b_child) in zip(a_items, b_items, strict=True):
-        if jax.tree.structure(a_child, is_leaf=_is_none) != jax.tree.structure(
-            b_child, is_leaf=_is_none
-        ):
+        # No is_leaf: None is an empty subtree, so None where an array was is a difference.
+        if jax.tree.structure(a_child) != jax.tree.structure(b_child):
             return _first_difference(a_child, b_child, (*path, key))
     return keystr(path), _describe(a), _describe(b)
 
@@ -71,7 +78,7 @@ def _children(node: Any) -> tuple[type, list[tuple[Any, Any]]] | None:
 
 def check_same_structure(fn: str, a_name: str, a: Any, b_name: str, b: Any) -> None:
     """Raises ValueError naming ``fn`` and the first differing key path if structures differ."""
-    if jax.tree.structure(a, is_leaf=_is_none) == jax.tree.structure(b, is_leaf=_is_none):
+    if jax.tree.structure(a) == jax.tree.structure(b):  # None matches only None
         return
     where, a_desc, b_desc = _first_difference(a, b)
     raise ValueError(

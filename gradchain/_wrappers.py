@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gradchain import _check, _tree
 from gradchain._base import (
@@ -39,30 +40,33 @@ def _is_masked_node(x: Any) -> bool:
     return isinstance(x, MaskedNode)
 
 
-def _full_mask(fn: str, mask: MaskOrFn, params: Params) -> Any:
+def _full_mask(fn: str, mask: MaskOrFn, params: Params, name: str = "params") -> Any:
     """The mask broadcast to one Python bool per parameter leaf, checked against ``params``."""
     tree = mask(params) if callable(mask) else mask
 
     def as_bool(path: tuple[Any, ...], m: Any) -> bool:
-        if isinstance(m, bool):
-            return m
-        try:
+        # A bool, or a concrete boolean scalar array; never truthiness ('no' or 0.5 is no mask).
+        concrete = not isinstance(m, jax.core.Tracer)
+        if isinstance(m, bool | np.bool_) or (
+            concrete and isinstance(m, jax.Array | np.ndarray) and m.shape == () and m.dtype == bool
+        ):
             return bool(m)
-        except (TypeError, jax.errors.ConcretizationTypeError) as err:
-            raise TypeError(
-                f"{fn}: mask entry at {_tree.keystr(path)} must be a Python bool; got "
-                f"{type(m).__name__}. A mask is fixed when the transform is traced: build it "
-                f"from parameter names or shapes, not from array values."
-            ) from err
+        raise TypeError(
+            f"{fn}: mask entry at {_tree.keystr(path)} must be a Python bool; got "
+            f"{type(m).__name__} {m!r:.60}. A mask is fixed when the transform is traced: build "
+            f"it from parameter names or shapes, not from array values."
+        )
 
     tree = jax.tree_util.tree_map_with_path(as_bool, tree)
     try:
-        return jax.tree.map(
+        full = jax.tree.map(
             lambda m, sub: jax.tree.map(lambda _: m, sub), tree, params, is_leaf=lambda x: x is None
         )
     except (ValueError, TypeError):
-        _tree.check_same_structure(fn, "mask", tree, "params", params)
+        _tree.check_same_structure(fn, "mask", tree, name, params)
         raise
+    _tree.check_same_structure(fn, "mask", full, name, params)  # a None entry in the mask
+    return full
 
 
 def masked(inner: AnyTransformation, mask: MaskOrFn) -> GradientTransformationExtraArgs:
@@ -94,6 +98,14 @@ def masked(inner: AnyTransformation, mask: MaskOrFn) -> GradientTransformationEx
       (0.0, 1.0)
     """
     fn = "masked"
+    if not (hasattr(inner, "init") and hasattr(inner, "update")):
+        name = getattr(inner, "__name__", None) if callable(inner) else None
+        what = f"the function `{name}`" if name else f"a {type(inner).__name__} {inner!r:.60}"
+        example = name or "scale_by_adam"
+        raise TypeError(
+            f"masked: `inner` is {what}, not a gradient transformation. Did you pass a "
+            f"factory without calling it, e.g. `gc.{example}` instead of `gc.{example}()`?"
+        )
 
     def select(full: Any, tree: Any) -> Any:
         return jax.tree.map(lambda m, x: x if m else MaskedNode(), full, tree)
@@ -108,7 +120,10 @@ def masked(inner: AnyTransformation, mask: MaskOrFn) -> GradientTransformationEx
         _tree.check_state(fn, state, MaskedState)
         if callable(mask):
             _tree.require_params(f"{fn} (with a mask function)", params)
-        full = _full_mask(fn, mask, updates if params is None else params)
+        if params is None:
+            full = _full_mask(fn, mask, updates, "updates")
+        else:
+            full = _full_mask(fn, mask, params)
         _tree.check_same_structure(fn, "updates", updates, "mask", full)
         inner_params = None if params is None else select(full, params)
         new, inner_state = call_update(
@@ -126,14 +141,15 @@ class InjectHyperparamsState(NamedTuple):
     """State of a transformation built by :func:`inject_hyperparams`.
 
     Attributes:
-      count: int32[], updates seen so far (drives the schedules).
+      step: int32[], updates seen so far (drives the schedules; Optax calls it
+        ``count``, a name that shadows ``tuple.count``).
       hyperparams: name -> value used by the last update (at init: step 0).
         Constants may be overwritten here, as in Optax; scheduled ones are
         recomputed on every update.
       inner_state: the wrapped transformation's state.
     """
 
-    count: jax.Array
+    step: jax.Array
     hyperparams: dict[str, jax.Array]
     inner_state: OptState
 
@@ -145,13 +161,22 @@ def _sync_hparams(old: OptState, fresh: OptState) -> OptState:
         return isinstance(x, Hyperparams)
 
     old_flat, treedef = jax.tree.flatten(old, is_leaf=is_hp)
-    fresh_flat = jax.tree.leaves(fresh, is_leaf=is_hp)
+    # Paired by position among Hyperparams nodes only: `fresh` is built from the updates, and
+    # when they do not match the state, the inner update names the key path.
+    fresh_hps = [f for f in jax.tree.leaves(fresh, is_leaf=is_hp) if is_hp(f)]
+    if sum(map(is_hp, old_flat)) != len(fresh_hps):
+        raise TypeError(
+            f"inject_hyperparams: `state.inner_state` holds the hyperparameters of "
+            f"{sum(map(is_hp, old_flat))} transforms, this transformation has {len(fresh_hps)}. "
+            f"Pass the state from this transformation's own init, not another optimizer's."
+        )
 
     def merge(o: Hyperparams, f: Hyperparams) -> Hyperparams:
         complement = {k: f.complement[k] if k in f.constant else v for k, v in o.complement.items()}
         return Hyperparams(f.constant, o.scheduled, complement)
 
-    merged = [merge(o, f) if is_hp(o) else o for o, f in zip(old_flat, fresh_flat, strict=True)]
+    hps = iter(fresh_hps)
+    merged = [merge(o, next(hps)) if is_hp(o) else o for o in old_flat]
     return treedef.unflatten(merged)
 
 
@@ -167,7 +192,7 @@ def inject_hyperparams(
     read or write ``state.hyperparams["learning_rate"]`` run unchanged.
     Numeric (non-bool) arguments and schedules become entries of
     ``state.hyperparams``, stored in float32 (or ``hyperparam_dtype``), never
-    cast to the parameters' dtype. Schedules are evaluated at ``state.count``.
+    cast to the parameters' dtype. Schedules are evaluated at ``state.step``.
 
     Each update rebuilds the inner transformation from the stored values; to
     hand them to its state it evaluates the inner ``init``, which ``jit``
@@ -213,20 +238,23 @@ def inject_hyperparams(
         }
         numeric = {k: v for k, v in arguments.items() if is_numeric(k, v)}
         other = {k: v for k, v in arguments.items() if k not in schedules and k not in numeric}
+        # Build once now, schedules at step 0, so that bad values fail here, not at init.
+        step0 = jnp.zeros([], jnp.int32)
+        inner_factory(**other, **numeric, **{k: s(step0) for k, s in schedules.items()})
 
-        def current(count: jax.Array, stored: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        def current(step: jax.Array, stored: dict[str, jax.Array]) -> dict[str, jax.Array]:
             out = {k: stored[k] for k in numeric}
-            out.update({k: jnp.asarray(s(count)).astype(hp_dtype) for k, s in schedules.items()})
+            out.update({k: jnp.asarray(s(step)).astype(hp_dtype) for k, s in schedules.items()})
             return out
 
         def build(hps: dict[str, jax.Array]) -> AnyTransformation:
             return inner_factory(**other, **hps)
 
         def init_fn(params: Params) -> InjectHyperparamsState:
-            count = jnp.zeros([], jnp.int32)
+            step = jnp.zeros([], jnp.int32)
             stored = {k: jnp.asarray(v).astype(hp_dtype) for k, v in numeric.items()}
-            hps = current(count, stored)
-            return InjectHyperparamsState(count, hps, build(hps).init(params))
+            hps = current(step, stored)
+            return InjectHyperparamsState(step, hps, build(hps).init(params))
 
         def update_fn(
             updates: Updates,
@@ -235,13 +263,13 @@ def inject_hyperparams(
             **extra_args: Any,
         ) -> tuple[Updates, InjectHyperparamsState]:
             _tree.check_state("inject_hyperparams", state, InjectHyperparamsState)
-            hps = current(state.count, state.hyperparams)
+            hps = current(state.step, state.hyperparams)
             inner = build(hps)
             template = updates if params is None else params
             inner_state = _sync_hparams(state.inner_state, inner.init(template))
             updates, inner_state = call_update(inner, updates, inner_state, params, extra_args)
-            count = _tree.safe_increment(state.count)
-            return updates, InjectHyperparamsState(count, hps, inner_state)
+            step = _tree.safe_increment(state.step)
+            return updates, InjectHyperparamsState(step, hps, inner_state)
 
         return GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -1,0 +1,1 @@
+"""gradchain test suite."""
