@@ -49,10 +49,14 @@ CASES: tuple[Case, ...] = (
     Case("stateless_with_tree_map", lambda: gc.stateless_with_tree_map(lambda u, p: u * 2)),
     Case("with_extra_args_support", lambda: gc.with_extra_args_support(gc.scale(0.5))),
     # _combine and _wrappers
-    Case("chain", lambda: gc.chain(gc.clip_by_global_norm(1.0), gc.scale_by_adam(), gc.scale(-0.1))),
+    Case(
+        "chain", lambda: gc.chain(gc.clip_by_global_norm(1.0), gc.scale_by_adam(), gc.scale(-0.1))
+    ),
     Case("named_chain", lambda: gc.named_chain(("clip", gc.clip(1.0)), ("sgd", gc.sgd(0.1)))),
     Case("masked", lambda: gc.masked(gc.scale_by_adam(), _not_first_leaf)),
-    Case("inject_hyperparams", lambda: gc.inject_hyperparams(gc.adam)(learning_rate=_warmup_cosine)),
+    Case(
+        "inject_hyperparams", lambda: gc.inject_hyperparams(gc.adam)(learning_rate=_warmup_cosine)
+    ),
     # _scaling
     Case("scale", lambda: gc.scale(-0.5)),
     Case("scale_by_learning_rate", lambda: gc.scale_by_learning_rate(0.1)),

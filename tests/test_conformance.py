@@ -66,9 +66,7 @@ def _mixed_params() -> dict[str, Any]:
 
 def _grads_like(params: Any, seed: int, dtype: Any = None) -> Any:
     rng = np.random.default_rng(seed)
-    return jax.tree.map(
-        lambda p: jnp.asarray(rng.normal(size=p.shape), dtype or p.dtype), params
-    )
+    return jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), dtype or p.dtype), params)
 
 
 def _signature(tree: Any) -> Any:
@@ -164,7 +162,9 @@ def _run(tx: Any, steps: int = 3) -> list[Any]:
 def test_chain_laws_hold(case: Case):
     reference = _run(case.build())
     chex.assert_trees_all_equal(_run(gc.chain(case.build())), reference)
-    chex.assert_trees_all_equal(_run(gc.chain(gc.identity(), case.build(), gc.identity())), reference)
+    chex.assert_trees_all_equal(
+        _run(gc.chain(gc.identity(), case.build(), gc.identity())), reference
+    )
 
     def left() -> Any:
         return gc.chain(gc.chain(gc.clip(1.0), case.build()), gc.scale(0.5))
@@ -186,3 +186,25 @@ def test_registry_covers_every_public_transformation():
     assert not unregistered, f"add these public factories to tests/registry.py: {unregistered}"
     stale = sorted((NAMES | HELPERS | SCHEDULES) - set(gc.__all__))
     assert not stale, f"tests/registry.py names what gradchain does not export: {stale}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.key)
+def test_step_counters_saturate_at_int32_max(case: Case):
+    tx = case.build()
+    params = _mixed_params()
+    top = np.iinfo(np.int32).max
+
+    def to_max(path: tuple[Any, ...], leaf: Any) -> Any:
+        is_step = path and getattr(path[-1], "name", None) == "step"
+        return jnp.full_like(leaf, top) if is_step else leaf
+
+    state = jax.tree_util.tree_map_with_path(to_max, tx.init(params))
+    for seed in range(2):
+        updates, state = jax.jit(tx.update)(_grads_like(params, seed), state, params)
+        assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+    steps = [
+        leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
+        if getattr(path[-1], "name", None) == "step"
+    ]
+    assert all(int(s) == top for s in steps)

@@ -136,9 +136,7 @@ def test_vmap_over_learning_rates_equals_separate_runs():
 
     swept = jax.jit(jax.vmap(train))(lrs)
     for i, lr in enumerate(lrs):
-        chex.assert_trees_all_close(
-            jax.tree.map(lambda x, i=i: x[i], swept), train(lr), rtol=1e-6
-        )
+        chex.assert_trees_all_close(jax.tree.map(lambda x, i=i: x[i], swept), train(lr), rtol=1e-6)
 
 
 def test_set_inside_scan_changes_the_rate_midway():
