@@ -4,7 +4,7 @@ Each factory checks its arguments at once and returns a pure ``jax.numpy``
 function ``schedule(step) -> jax.Array``, a float scalar in the default float
 dtype, that runs under ``jit``, ``vmap`` and ``lax.scan`` with ``step`` a Python
 int, an int32 array or a tracer (an array of steps gives an array of values).
-Hyperparameters given as traced arrays pass the checks unchecked.
+Hyperparameters given as traced arrays (inside ``jit`` or ``vmap``) are not checked.
 
 Names, arguments and values follow Optax, with these differences: a bad argument
 raises (Optax often logs and returns a constant schedule); interpolations are
@@ -46,8 +46,8 @@ def _steps(fn: str, name: str, value: Any, *, positive: bool) -> Any:
     return int(value)
 
 
-def _boundaries(fn: str, name: str, values: Sequence[Any]) -> list[int]:
-    """Checks that ``values`` are integer steps >= 0 in increasing order."""
+def _boundaries(fn: str, name: str, values: Sequence[Any], *, ordered: bool = True) -> list[int]:
+    """Checks that ``values`` are integer steps >= 0, in increasing order if ``ordered``."""
     for b in values:
         if isinstance(b, bool) or not isinstance(b, int | np.integer):
             raise TypeError(
@@ -56,7 +56,7 @@ def _boundaries(fn: str, name: str, values: Sequence[Any]) -> list[int]:
         if b < 0:
             raise ValueError(f"{fn}: `{name}` must hold steps >= 0; got {b!r}.")
     out = [int(b) for b in values]
-    if out != sorted(out):
+    if ordered and out != sorted(out):
         raise ValueError(f"{fn}: `{name}` must be in increasing order; got {out!r}.")
     return out
 
@@ -501,7 +501,7 @@ def piecewise_constant_schedule(
       init_value: the value before the first boundary.
       boundaries_and_scales: a dict ``{step: scale}``: from ``step`` on, the
         value is multiplied by ``scale``, a number >= 0. The steps must be
-        integers >= 0 in increasing order (Optax sorts them).
+        integers >= 0, in any order (a dict's order carries no meaning).
 
     Returns:
       A schedule.
@@ -510,7 +510,7 @@ def piecewise_constant_schedule(
       TypeError: if a value is not a number, a step not an integer, or
         ``boundaries_and_scales`` not a dict.
       ValueError: if a value is NaN or infinite, a scale negative, or a step
-        negative or out of order.
+        negative.
 
     Example:
       >>> import gradchain as gc
@@ -526,15 +526,15 @@ def piecewise_constant_schedule(
             f"{fn}: `boundaries_and_scales` must be a dict {{step: scale}} or None; "
             f"got {type(table).__name__} {table!r:.80}."
         )
-    boundaries = _boundaries(fn, "boundaries_and_scales", list(table))
-    scales = list(table.values())
-    for b, scale in zip(boundaries, scales, strict=True):
+    _boundaries(fn, "boundaries_and_scales", list(table), ordered=False)
+    pieces = sorted((int(b), scale) for b, scale in table.items())
+    for b, scale in pieces:
         _check.non_negative(fn, f"boundaries_and_scales[{b}]", scale)
 
     def schedule(step: ArrayLike) -> jax.Array:
         t = jnp.asarray(step)
         value = jnp.full(t.shape, _float(init_value))
-        for b, scale in zip(boundaries, scales, strict=True):
+        for b, scale in pieces:
             value = jnp.where(t >= b, value * _float(scale), value)
         return value
 
