@@ -24,21 +24,29 @@ from gradchain._clipping import clip as clip
 from gradchain._clipping import clip_by_global_norm as clip_by_global_norm
 from gradchain._combine import chain as chain
 from gradchain._combine import named_chain as named_chain
+from gradchain._composite_schedules import join_schedules as join_schedules
+from gradchain._composite_schedules import (
+    piecewise_constant_schedule as piecewise_constant_schedule,
+)
+from gradchain._composite_schedules import warmup_constant_schedule as warmup_constant_schedule
+from gradchain._composite_schedules import (
+    warmup_cosine_decay_schedule as warmup_cosine_decay_schedule,
+)
 from gradchain._hyperparams import Hyperparams as Hyperparams
 from gradchain._hyperparams import get_hyperparams as get_hyperparams
 from gradchain._hyperparams import set_hyperparams as set_hyperparams
-from gradchain._moments import EmaState as EmaState
 from gradchain._moments import ScaleByAdamState as ScaleByAdamState
 from gradchain._moments import ScaleByRmsState as ScaleByRmsState
 from gradchain._moments import ScaleByRssState as ScaleByRssState
 from gradchain._moments import ScaleByStddevState as ScaleByStddevState
-from gradchain._moments import TraceState as TraceState
-from gradchain._moments import ema as ema
 from gradchain._moments import scale_by_adam as scale_by_adam
 from gradchain._moments import scale_by_rms as scale_by_rms
 from gradchain._moments import scale_by_rss as scale_by_rss
 from gradchain._moments import scale_by_stddev as scale_by_stddev
-from gradchain._moments import trace as trace
+from gradchain._momentum import EmaState as EmaState
+from gradchain._momentum import TraceState as TraceState
+from gradchain._momentum import ema as ema
+from gradchain._momentum import trace as trace
 from gradchain._optimizers import adagrad as adagrad
 from gradchain._optimizers import adam as adam
 from gradchain._optimizers import adamw as adamw
@@ -58,12 +66,8 @@ from gradchain._schedules import cosine_decay_schedule as cosine_decay_schedule
 from gradchain._schedules import exponential_decay as exponential_decay
 from gradchain._schedules import inverse_sqrt_decay_schedule as inverse_sqrt_decay_schedule
 from gradchain._schedules import inverse_time_decay_schedule as inverse_time_decay_schedule
-from gradchain._schedules import join_schedules as join_schedules
 from gradchain._schedules import linear_schedule as linear_schedule
-from gradchain._schedules import piecewise_constant_schedule as piecewise_constant_schedule
 from gradchain._schedules import polynomial_schedule as polynomial_schedule
-from gradchain._schedules import warmup_constant_schedule as warmup_constant_schedule
-from gradchain._schedules import warmup_cosine_decay_schedule as warmup_cosine_decay_schedule
 from gradchain._tree import global_norm as global_norm
 from gradchain._wrappers import InjectHyperparamsState as InjectHyperparamsState
 from gradchain._wrappers import MaskedNode as MaskedNode

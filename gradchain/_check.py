@@ -134,13 +134,14 @@ def is_schedule(value: Any) -> bool:
     return callable(value) and not isinstance(value, jax.Array)
 
 
-def dtype_or_none(fn: str, name: str, value: Any) -> None:
-    """Raises unless ``value`` is None or names a floating dtype."""
+def dtype_or_none(fn: str, name: str, value: Any) -> Any:
+    """Returns ``value`` as a floating dtype (or None); raises for anything else."""
     if value is None:
-        return
+        return None
     try:
         dt = np.dtype(value)
     except TypeError as err:
         raise TypeError(f"{fn}: `{name}` must be a dtype or None; got {value!r}.") from err
     if not jnp.issubdtype(dt, jnp.inexact):
         raise ValueError(f"{fn}: `{name}` must be a floating dtype; got {dt}.")
+    return dt

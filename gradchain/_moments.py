@@ -1,4 +1,4 @@
-r"""Running statistics of the updates: momentum, EMAs, RMSProp, Adam, Adagrad.
+r"""Adaptive scaling by second moments: Adam, RMSProp, centred RMSProp, Adagrad.
 
 Every transform here does its arithmetic in at least float32 (wider if a leaf
 is wider), stores each moment in the dtype it was created with (the parameter's
@@ -9,7 +9,6 @@ in bfloat16, ``0.999**t`` rounds to 1 for the first hundreds of steps.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -18,174 +17,6 @@ import jax.numpy as jnp
 from gradchain import _check, _tree
 from gradchain._base import GradientTransformation, Params, ScalarOrSchedule, Updates
 from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
-
-
-def _abs_sq(x: jax.Array) -> jax.Array:
-    """|x|^2 for real or complex x, in x's dtype."""
-    if jnp.iscomplexobj(x):
-        return (x.real * x.real + x.imag * x.imag).astype(x.dtype)
-    return x * x
-
-
-def _map_leaves(
-    f: Callable[..., tuple[jax.Array, ...]], n_out: int, *trees: Any
-) -> tuple[Any, ...]:
-    """Applies ``f`` leaf-wise to trees of one structure, returning ``n_out`` trees."""
-    treedef = jax.tree.structure(trees[0])
-    columns = [jax.tree.leaves(t) for t in trees]
-    outs = [f(*leaves) for leaves in zip(*columns, strict=True)]
-    return tuple(treedef.unflatten([o[i] for o in outs]) for i in range(n_out))
-
-
-def _upcast(*xs: jax.Array) -> tuple[Any, list[jax.Array]]:
-    """The compute dtype of some leaves, and the leaves cast to it."""
-    dt = _tree.compute_dtype(*(x.dtype for x in xs))
-    return dt, [x.astype(dt) for x in xs]
-
-
-def _debias(decay: jax.Array, step: jax.Array) -> jax.Array:
-    """``1 - decay**step`` in the hyperparameter's float dtype (float32 or wider)."""
-    return 1 - decay ** step.astype(decay.dtype)
-
-
-def _moment_dtype(fn: str, name: str, dtype: Any) -> Any:
-    _check.dtype_or_none(fn, name, dtype)
-    return None if dtype is None else jnp.dtype(dtype)
-
-
-class TraceState(NamedTuple):
-    """State of :func:`trace`."""
-
-    step: jax.Array  # int32[], updates seen so far
-    trace: Updates  # the momentum buffer, shaped like the parameters
-    hparams: Hyperparams
-
-
-def trace(
-    decay: ScalarOrSchedule,
-    nesterov: bool = False,
-    accumulator_dtype: Any | None = None,
-) -> GradientTransformation:
-    r"""Heavy-ball momentum: :math:`m_t = g_t + \beta m_{t-1}`, update :math:`m_t`.
-
-    With ``nesterov=True`` the update is :math:`g_t + \beta m_t` (Sutskever et
-    al., 2013).
-
-    Args:
-      decay: the momentum coefficient :math:`\beta` in [0, 1), or a schedule.
-      nesterov: whether to use Nesterov momentum.
-      accumulator_dtype: dtype of the momentum buffer; the parameters' by default.
-
-    Returns:
-      A GradientTransformation whose state is a TraceState.
-
-    Raises:
-      ValueError: if ``decay`` is a number outside [0, 1).
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> import gradchain as gc
-      >>> tx = gc.trace(decay=0.5)
-      >>> state = tx.init(jnp.zeros(1))
-      >>> u, state = tx.update(jnp.ones(1), state)
-      >>> u, state = tx.update(jnp.ones(1), state)
-      >>> float(u[0])
-      1.5
-    """
-    fn = "trace"
-    _check.decay_rate(fn, "decay", decay, schedule_ok=True)
-    acc_dtype = _moment_dtype(fn, "accumulator_dtype", accumulator_dtype)
-    spec = HyperparamSpec(fn, dict(decay=decay))
-
-    def init_fn(params: Params) -> TraceState:
-        return TraceState(
-            jnp.zeros([], jnp.int32), _tree.zeros_like(params, acc_dtype), spec.init()
-        )
-
-    def update_fn(
-        updates: Updates, state: TraceState, params: Params | None = None
-    ) -> tuple[Updates, TraceState]:
-        del params
-        _tree.check_state(fn, state, TraceState)
-        _tree.check_matches(fn, updates, "state.trace", state.trace)
-        beta = values(state.hparams)["decay"]
-
-        def leaf(g: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
-            _, (gc, tc, b) = _upcast(g, t, beta)
-            new_t = gc + b * tc
-            out = gc + b * new_t if nesterov else new_t
-            return out.astype(g.dtype), new_t.astype(t.dtype)
-
-        updates, new_trace = _map_leaves(leaf, 2, updates, state.trace)
-        step = _tree.safe_increment(state.step)
-        return updates, TraceState(step, new_trace, spec.advance(state.hparams, step))
-
-    return GradientTransformation(init_fn, update_fn)
-
-
-class EmaState(NamedTuple):
-    """State of :func:`ema`."""
-
-    step: jax.Array  # int32[], updates seen so far
-    ema: Updates  # the (not debiased) moving average
-    hparams: Hyperparams
-
-
-def ema(
-    decay: ScalarOrSchedule, debias: bool = True, accumulator_dtype: Any | None = None
-) -> GradientTransformation:
-    r"""Exponential moving average: :math:`e_t = (1-\beta) g_t + \beta e_{t-1}`.
-
-    The update is :math:`e_t`, divided by :math:`1-\beta^t` when ``debias``.
-
-    Args:
-      decay: :math:`\beta` in [0, 1), or a schedule.
-      debias: whether to correct the zero initialisation's bias.
-      accumulator_dtype: dtype of the average; the parameters' by default.
-
-    Returns:
-      A GradientTransformation whose state is an EmaState.
-
-    Raises:
-      ValueError: if ``decay`` is a number outside [0, 1).
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> import gradchain as gc
-      >>> tx = gc.ema(decay=0.9)
-      >>> u, _ = tx.update(jnp.full(1, 4.0), tx.init(jnp.zeros(1)))
-      >>> round(float(u[0]), 4)
-      4.0
-    """
-    fn = "ema"
-    _check.decay_rate(fn, "decay", decay, schedule_ok=True)
-    acc_dtype = _moment_dtype(fn, "accumulator_dtype", accumulator_dtype)
-    spec = HyperparamSpec(fn, dict(decay=decay), rates=("decay",))
-
-    def init_fn(params: Params) -> EmaState:
-        return EmaState(jnp.zeros([], jnp.int32), _tree.zeros_like(params, acc_dtype), spec.init())
-
-    def update_fn(
-        updates: Updates, state: EmaState, params: Params | None = None
-    ) -> tuple[Updates, EmaState]:
-        del params
-        _tree.check_state(fn, state, EmaState)
-        _tree.check_matches(fn, updates, "state.ema", state.ema)
-        beta = values(state.hparams)["decay"]
-        one_minus_beta = state.hparams.complement["decay"]
-        step = _tree.safe_increment(state.step)
-        correction = _debias(beta, step)
-
-        def leaf(g: jax.Array, e: jax.Array) -> tuple[jax.Array, jax.Array]:
-            _, (gc, ec, b, omb, c) = _upcast(g, e, beta, one_minus_beta, correction)
-            new_e = omb * gc + b * ec
-            out = new_e / c if debias else new_e
-            return out.astype(g.dtype), new_e.astype(e.dtype)
-
-        updates, new_ema = _map_leaves(leaf, 2, updates, state.ema)
-        return updates, EmaState(step, new_ema, spec.advance(state.hparams, step))
-
-    return GradientTransformation(init_fn, update_fn)
 
 
 class ScaleByAdamState(NamedTuple):
@@ -251,8 +82,8 @@ def scale_by_adam(
     _check.decay_rate(fn, "b2", b2, schedule_ok=True)
     _check.non_negative(fn, "eps", eps, schedule_ok=True)
     _check.non_negative(fn, "eps_root", eps_root, schedule_ok=True)
-    mu_dt = _moment_dtype(fn, "mu_dtype", mu_dtype)
-    nu_dt = _moment_dtype(fn, "nu_dtype", nu_dtype)
+    mu_dt = _check.dtype_or_none(fn, "mu_dtype", mu_dtype)
+    nu_dt = _check.dtype_or_none(fn, "nu_dtype", nu_dtype)
     spec = HyperparamSpec(fn, dict(b1=b1, b2=b2, eps=eps, eps_root=eps_root), rates=("b1", "b2"))
 
     def init_fn(params: Params) -> ScaleByAdamState:
@@ -272,9 +103,9 @@ def scale_by_adam(
         _tree.check_matches(fn, updates, "state.nu", state.nu)
         hp = values(state.hparams)
         step = _tree.safe_increment(state.step)
-        c1 = _debias(hp["b1"], step)
-        c2 = _debias(hp["b2"], step)
-        c1_next = _debias(hp["b1"], _tree.safe_increment(step))
+        c1 = _tree.debias(hp["b1"], step)
+        c2 = _tree.debias(hp["b2"], step)
+        c1_next = _tree.debias(hp["b1"], _tree.safe_increment(step))
         comp = state.hparams.complement
         scalars = (hp["b1"], hp["b2"], comp["b1"], comp["b2"], hp["eps"], hp["eps_root"])
         corrections = (c1, c2, c1_next)
@@ -282,11 +113,11 @@ def scale_by_adam(
         def leaf(
             g: jax.Array, m: jax.Array, v: jax.Array
         ) -> tuple[jax.Array, jax.Array, jax.Array]:
-            _, (gc, mc, vc, b1_, b2_, omb1, omb2, eps_, eps_root_, c1_, c2_, c1n) = _upcast(
+            gc, mc, vc, b1_, b2_, omb1, omb2, eps_, eps_root_, c1_, c2_, c1n = _tree.upcast(
                 g, m, v, *scalars, *corrections
             )
             new_m = omb1 * gc + b1_ * mc
-            new_v = omb2 * _abs_sq(gc) + b2_ * vc
+            new_v = omb2 * _tree.abs_sq(gc) + b2_ * vc
             if nesterov:
                 m_hat = b1_ * (new_m / c1n) + omb1 * (gc / c1_)
             else:
@@ -294,7 +125,7 @@ def scale_by_adam(
             out = m_hat / (jnp.sqrt(new_v / c2_ + eps_root_) + eps_)
             return out.astype(g.dtype), new_m.astype(m.dtype), new_v.astype(v.dtype)
 
-        updates, mu, nu = _map_leaves(leaf, 3, updates, state.mu, state.nu)
+        updates, mu, nu = _tree.map_leaves(leaf, 3, updates, state.mu, state.nu)
         return updates, ScaleByAdamState(step, mu, nu, spec.advance(state.hparams, step))
 
     return GradientTransformation(init_fn, update_fn)
@@ -370,18 +201,18 @@ def scale_by_rms(
         _tree.check_matches(fn, updates, "state.nu", state.nu)
         hp = values(state.hparams)
         step = _tree.safe_increment(state.step)
-        correction = _debias(hp["decay"], step)
+        correction = _tree.debias(hp["decay"], step)
 
         scalars = (hp["decay"], state.hparams.complement["decay"], hp["eps"], correction)
 
         def leaf(g: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
-            _, (gc, vc, rho, omr, eps_, c) = _upcast(g, v, *scalars)
-            new_v = omr * _abs_sq(gc) + rho * vc
+            gc, vc, rho, omr, eps_, c = _tree.upcast(g, v, *scalars)
+            new_v = omr * _tree.abs_sq(gc) + rho * vc
             v_hat = new_v / c if bias_correction else new_v
             out = _rms_scaling(v_hat, eps_, eps_in_sqrt) * gc
             return out.astype(g.dtype), new_v.astype(v.dtype)
 
-        updates, nu = _map_leaves(leaf, 2, updates, state.nu)
+        updates, nu = _tree.map_leaves(leaf, 2, updates, state.nu)
         return updates, ScaleByRmsState(step, nu, spec.advance(state.hparams, step))
 
     return GradientTransformation(init_fn, update_fn)
@@ -457,21 +288,21 @@ def scale_by_stddev(
         _tree.check_matches(fn, updates, "state.nu", state.nu)
         hp = values(state.hparams)
         step = _tree.safe_increment(state.step)
-        correction = _debias(hp["decay"], step)
+        correction = _tree.debias(hp["decay"], step)
 
         scalars = (hp["decay"], state.hparams.complement["decay"], hp["eps"], correction)
 
         def leaf(
             g: jax.Array, m: jax.Array, v: jax.Array
         ) -> tuple[jax.Array, jax.Array, jax.Array]:
-            _, (gc, mc, vc, rho, omr, eps_, c) = _upcast(g, m, v, *scalars)
+            gc, mc, vc, rho, omr, eps_, c = _tree.upcast(g, m, v, *scalars)
             new_m = omr * gc + rho * mc
-            new_v = omr * _abs_sq(gc) + rho * vc
+            new_v = omr * _tree.abs_sq(gc) + rho * vc
             m_hat, v_hat = (new_m / c, new_v / c) if bias_correction else (new_m, new_v)
-            out = _rms_scaling(v_hat - _abs_sq(m_hat), eps_, eps_in_sqrt) * gc
+            out = _rms_scaling(v_hat - _tree.abs_sq(m_hat), eps_, eps_in_sqrt) * gc
             return out.astype(g.dtype), new_m.astype(m.dtype), new_v.astype(v.dtype)
 
-        updates, mu, nu = _map_leaves(leaf, 3, updates, state.mu, state.nu)
+        updates, mu, nu = _tree.map_leaves(leaf, 3, updates, state.mu, state.nu)
         return updates, ScaleByStddevState(step, mu, nu, spec.advance(state.hparams, step))
 
     return GradientTransformation(init_fn, update_fn)
@@ -533,12 +364,12 @@ def scale_by_rss(
         eps_value = values(state.hparams)["eps"]
 
         def leaf(g: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
-            _, (gc, sc, eps_) = _upcast(g, s, eps_value)
-            new_s = _abs_sq(gc) + sc
+            gc, sc, eps_ = _tree.upcast(g, s, eps_value)
+            new_s = _tree.abs_sq(gc) + sc
             scaling = jnp.where(new_s > 0, jax.lax.rsqrt(new_s + eps_), jnp.zeros_like(new_s))
             return (scaling * gc).astype(g.dtype), new_s.astype(s.dtype)
 
-        updates, sums = _map_leaves(leaf, 2, updates, state.sum_of_squares)
+        updates, sums = _tree.map_leaves(leaf, 2, updates, state.sum_of_squares)
         step = _tree.safe_increment(state.step)
         return updates, ScaleByRssState(step, sums, spec.advance(state.hparams, step))
 

@@ -13,7 +13,8 @@ from typing import Any
 from gradchain import _check
 from gradchain._base import GradientTransformationExtraArgs, ScalarOrSchedule, identity
 from gradchain._combine import chain
-from gradchain._moments import scale_by_adam, scale_by_rms, scale_by_rss, scale_by_stddev, trace
+from gradchain._moments import scale_by_adam, scale_by_rms, scale_by_rss, scale_by_stddev
+from gradchain._momentum import trace
 from gradchain._regularizing import add_decayed_weights
 from gradchain._scaling import scale_by_learning_rate
 from gradchain._wrappers import MaskOrFn

@@ -15,7 +15,7 @@ and the differences noted in the docstrings.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 import jax
@@ -30,12 +30,12 @@ Steps: TypeAlias = int | np.integer | jax.Array
 """A step count: a Python int, or an integer scalar array (traced ones pass unchecked)."""
 
 
-def _float(x: ArrayLike) -> jax.Array:
+def as_float(x: ArrayLike) -> jax.Array:
     """``x`` cast to the default float dtype (explicitly, for strict promotion)."""
     return jnp.asarray(x).astype(jnp.result_type(float))
 
 
-def _steps(fn: str, name: str, value: Any, *, positive: bool) -> Any:
+def check_steps(fn: str, name: str, value: Any, *, positive: bool) -> Any:
     """Checks a step count; returns it as a Python int, or unchanged when traced."""
     if isinstance(value, np.ndarray | jax.Array) and jnp.issubdtype(value.dtype, jnp.integer):
         _check.number(fn, name, value)  # a scalar
@@ -46,7 +46,9 @@ def _steps(fn: str, name: str, value: Any, *, positive: bool) -> Any:
     return int(value)
 
 
-def _boundaries(fn: str, name: str, values: Sequence[Any], *, ordered: bool = True) -> list[int]:
+def check_boundaries(
+    fn: str, name: str, values: Sequence[Any], *, ordered: bool = True
+) -> list[int]:
     """Checks that ``values`` are integer steps >= 0, in increasing order if ``ordered``."""
     for b in values:
         if isinstance(b, bool) or not isinstance(b, int | np.integer):
@@ -61,7 +63,7 @@ def _boundaries(fn: str, name: str, values: Sequence[Any], *, ordered: bool = Tr
     return out
 
 
-def _finite(fn: str, **values: Any) -> None:
+def check_finite(fn: str, **values: Any) -> None:
     for name, value in values.items():
         _check.finite(fn, name, value)
 
@@ -71,21 +73,21 @@ def _flag(fn: str, name: str, value: Any) -> None:
         raise TypeError(f"{fn}: `{name}` must be a bool; got {type(value).__name__} {value!r}.")
 
 
-def _progress(step: ArrayLike, steps: Any, begin: Any = 0) -> tuple[jax.Array, jax.Array]:
+def transition_progress(step: ArrayLike, steps: Any, begin: Any = 0) -> tuple[jax.Array, jax.Array]:
     """The fractions (ahead, done) of a ``steps``-step transition starting at ``begin``.
 
     Each is a ratio of integers, so each keeps its relative accuracy near 0.
     """
     done = jnp.clip(jnp.asarray(step) - begin, 0, steps)
-    denominator = _float(jnp.maximum(steps, 1))  # no NaN for a traced `steps` of 0
-    return _float(steps - done) / denominator, _float(done) / denominator
+    denominator = as_float(jnp.maximum(steps, 1))  # no NaN for a traced `steps` of 0
+    return as_float(steps - done) / denominator, as_float(done) / denominator
 
 
-def _lerp(start: ArrayLike, stop: ArrayLike, ahead: jax.Array, done: jax.Array) -> jax.Array:
-    return _float(start) * ahead + _float(stop) * done
+def interpolate(start: ArrayLike, stop: ArrayLike, ahead: jax.Array, done: jax.Array) -> jax.Array:
+    return as_float(start) * ahead + as_float(stop) * done
 
 
-def _cosine(ahead: jax.Array) -> jax.Array:
+def cosine_shape(ahead: jax.Array) -> jax.Array:
     """``(1 + cos(pi * done)) / 2``, written as ``sin(pi/2 * ahead)**2`` to avoid cancellation."""
     return jnp.sin(jnp.pi / 2 * ahead) ** 2
 
@@ -111,7 +113,7 @@ def constant_schedule(value: ArrayLike) -> Schedule:
     _check.finite("constant_schedule", "value", value)
 
     def schedule(step: ArrayLike) -> jax.Array:
-        return jnp.full(jnp.shape(step), _float(value))
+        return jnp.full(jnp.shape(step), as_float(value))
 
     return schedule
 
@@ -120,19 +122,19 @@ def _polynomial(
     fn: str, init: ArrayLike, end: ArrayLike, power: ArrayLike | None, steps: Any, begin: Any
 ) -> Schedule:
     """``end + (init - end) * ahead**power``; ``power=None`` is exactly linear."""
-    _finite(fn, init_value=init, end_value=end)
+    check_finite(fn, init_value=init, end_value=end)
     if power is not None:
         _check.positive(fn, "power", power)
-    steps = _steps(fn, "transition_steps", steps, positive=True)
-    begin = _steps(fn, "transition_begin", begin, positive=False)
+    steps = check_steps(fn, "transition_steps", steps, positive=True)
+    begin = check_steps(fn, "transition_begin", begin, positive=False)
 
     def schedule(step: ArrayLike) -> jax.Array:
-        ahead, done = _progress(step, steps, begin)
+        ahead, done = transition_progress(step, steps, begin)
         if power is None:
-            return _lerp(init, end, ahead, done)
+            return interpolate(init, end, ahead, done)
         # Weights ahead**p and 1 - ahead**p = -expm1(p * log1p(-done)), each accurate.
-        p = _float(power)
-        return _lerp(init, end, ahead**p, -jnp.expm1(p * jnp.log1p(-done)))
+        p = as_float(power)
+        return interpolate(init, end, ahead**p, -jnp.expm1(p * jnp.log1p(-done)))
 
     return schedule
 
@@ -246,8 +248,8 @@ def exponential_decay(
     fn = "exponential_decay"
     _check.finite(fn, "init_value", init_value)
     _check.positive(fn, "decay_rate", decay_rate)
-    steps = _steps(fn, "transition_steps", transition_steps, positive=True)
-    begin = _steps(fn, "transition_begin", transition_begin, positive=False)
+    steps = check_steps(fn, "transition_steps", transition_steps, positive=True)
+    begin = check_steps(fn, "transition_begin", transition_begin, positive=False)
     _flag(fn, "staircase", staircase)
     if end_value is not None:
         _check.finite(fn, "end_value", end_value)
@@ -262,14 +264,14 @@ def exponential_decay(
 
     def schedule(step: ArrayLike) -> jax.Array:
         t = jnp.asarray(step)
-        exponent = _float(t - begin) / _float(steps)
+        exponent = as_float(t - begin) / as_float(steps)
         if staircase:
             exponent = jnp.floor(exponent)
-        init, rate = _float(init_value), _float(decay_rate)
+        init, rate = as_float(init_value), as_float(decay_rate)
         value = jnp.where(t <= begin, init, init * rate**exponent)
         if end_value is None:
             return value
-        end = _float(end_value)
+        end = as_float(end_value)
         return jnp.where(rate < 1, jnp.maximum(value, end), jnp.minimum(value, end))
 
     return schedule
@@ -306,14 +308,14 @@ def inverse_time_decay_schedule(
     fn = "inverse_time_decay_schedule"
     _check.finite(fn, "init_value", init_value)
     _check.non_negative(fn, "decay_rate", decay_rate)
-    steps = _steps(fn, "transition_steps", transition_steps, positive=True)
+    steps = check_steps(fn, "transition_steps", transition_steps, positive=True)
     _flag(fn, "staircase", staircase)
 
     def schedule(step: ArrayLike) -> jax.Array:
-        units = _float(step) / _float(steps)
+        units = as_float(step) / as_float(steps)
         if staircase:
             units = jnp.floor(units)
-        return _float(init_value) / (1 + _float(decay_rate) * units)
+        return as_float(init_value) / (1 + as_float(decay_rate) * units)
 
     return schedule
 
@@ -346,11 +348,11 @@ def inverse_sqrt_decay_schedule(
     fn = "inverse_sqrt_decay_schedule"
     _check.finite(fn, "init_value", init_value)
     _check.non_negative(fn, "decay_rate", decay_rate)
-    steps = _steps(fn, "transition_steps", transition_steps, positive=True)
+    steps = check_steps(fn, "transition_steps", transition_steps, positive=True)
 
     def schedule(step: ArrayLike) -> jax.Array:
-        root = jnp.sqrt(_float(step) / _float(steps))
-        return _float(init_value) / (1 + _float(decay_rate) * root)
+        root = jnp.sqrt(as_float(step) / as_float(steps))
+        return as_float(init_value) / (1 + as_float(decay_rate) * root)
 
     return schedule
 
@@ -386,206 +388,12 @@ def cosine_decay_schedule(
       Loshchilov and Hutter, SGDR: Stochastic Gradient Descent with Warm Restarts, 2017.
     """
     fn = "cosine_decay_schedule"
-    _finite(fn, init_value=init_value, alpha=alpha)
+    check_finite(fn, init_value=init_value, alpha=alpha)
     _check.positive(fn, "exponent", exponent)
-    steps = _steps(fn, "decay_steps", decay_steps, positive=True)
+    steps = check_steps(fn, "decay_steps", decay_steps, positive=True)
 
     def schedule(step: ArrayLike) -> jax.Array:
-        c = _cosine(_progress(step, steps)[0]) ** _float(exponent)
-        return _float(init_value) * ((1 - _float(alpha)) * c + _float(alpha))
-
-    return schedule
-
-
-def warmup_cosine_decay_schedule(
-    init_value: ArrayLike,
-    peak_value: ArrayLike,
-    warmup_steps: Steps,
-    decay_steps: Steps,
-    end_value: ArrayLike = 0.0,
-    exponent: ArrayLike = 1.0,
-) -> Schedule:
-    """Linear warmup from ``init_value`` to ``peak_value``, then cosine decay to ``end_value``.
-
-    The warmup takes steps ``[0, warmup_steps)``, the decay the next
-    ``decay_steps - warmup_steps`` (``decay_steps`` counts the warmup, as in
-    Optax): ``end + (peak - end) * c**exponent``, ``c`` as in
-    :func:`cosine_decay_schedule`. Optax scales by ``end / peak``, so with
-    ``peak_value == 0`` it stays at 0; this still decays to ``end_value``.
-
-    Args:
-      init_value: the value at step 0.
-      peak_value: the value at ``warmup_steps``.
-      warmup_steps: the length of the warmup, an integer >= 0.
-      decay_steps: the total length, an integer > ``warmup_steps`` (Optax also
-        refuses ``decay_steps == warmup_steps``).
-      end_value: the value from ``decay_steps`` on.
-      exponent: the power of ``c``, > 0.
-
-    Returns:
-      A schedule.
-
-    Raises:
-      TypeError: if a value is not a number or a step count not an integer.
-      ValueError: if an argument is NaN, infinite or outside its range above.
-
-    Example:
-      >>> import gradchain as gc
-      >>> s = gc.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=2, decay_steps=6)
-      >>> [round(float(s(t)), 4) for t in (0, 1, 2, 4, 6, 9)]
-      [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
-    """
-    fn = "warmup_cosine_decay_schedule"
-    _finite(fn, init_value=init_value, peak_value=peak_value, end_value=end_value)
-    _check.positive(fn, "exponent", exponent)
-    warmup = _steps(fn, "warmup_steps", warmup_steps, positive=False)
-    total = _steps(fn, "decay_steps", decay_steps, positive=True)
-    if isinstance(warmup, int) and isinstance(total, int) and total <= warmup:
-        raise ValueError(
-            f"{fn}: `decay_steps` must be > warmup_steps={warmup} (it counts the warmup); "
-            f"got {total}."
-        )
-
-    def schedule(step: ArrayLike) -> jax.Array:
-        warm = _lerp(init_value, peak_value, *_progress(step, warmup))
-        c = _cosine(_progress(step, total - warmup, warmup)[0]) ** _float(exponent)
-        decay = _float(end_value) + (_float(peak_value) - _float(end_value)) * c
-        return jnp.where(jnp.asarray(step) < warmup, warm, decay)
-
-    return schedule
-
-
-def warmup_constant_schedule(
-    init_value: ArrayLike, peak_value: ArrayLike, warmup_steps: Steps
-) -> Schedule:
-    """Linear warmup from ``init_value`` to ``peak_value`` over ``warmup_steps``, then the peak.
-
-    With ``warmup_steps=0`` the value is ``peak_value`` from step 0 on (Optax's
-    stays at ``init_value`` then).
-
-    Args:
-      init_value: the value at step 0.
-      peak_value: the value from ``warmup_steps`` on.
-      warmup_steps: the length of the warmup, an integer >= 0.
-
-    Returns:
-      A schedule.
-
-    Raises:
-      TypeError: if a value is not a number or a step count not an integer.
-      ValueError: if an argument is NaN, infinite or outside its range above.
-
-    Example:
-      >>> import gradchain as gc
-      >>> s = gc.warmup_constant_schedule(0.0, 1.0, warmup_steps=4)
-      >>> [round(float(s(t)), 4) for t in (0, 1, 4, 100)]
-      [0.0, 0.25, 1.0, 1.0]
-    """
-    fn = "warmup_constant_schedule"
-    _finite(fn, init_value=init_value, peak_value=peak_value)
-    warmup = _steps(fn, "warmup_steps", warmup_steps, positive=False)
-
-    def schedule(step: ArrayLike) -> jax.Array:
-        warm = _lerp(init_value, peak_value, *_progress(step, warmup))
-        return jnp.where(jnp.asarray(step) < warmup, warm, _float(peak_value))
-
-    return schedule
-
-
-def piecewise_constant_schedule(
-    init_value: ArrayLike, boundaries_and_scales: Mapping[int, ArrayLike] | None = None
-) -> Schedule:
-    """``init_value`` times every scale whose boundary step has been reached.
-
-    Args:
-      init_value: the value before the first boundary.
-      boundaries_and_scales: a dict ``{step: scale}``: from ``step`` on, the
-        value is multiplied by ``scale``, a number >= 0. The steps must be
-        integers >= 0, in any order (a dict's order carries no meaning).
-
-    Returns:
-      A schedule.
-
-    Raises:
-      TypeError: if a value is not a number, a step not an integer, or
-        ``boundaries_and_scales`` not a dict.
-      ValueError: if a value is NaN or infinite, a scale negative, or a step
-        negative.
-
-    Example:
-      >>> import gradchain as gc
-      >>> s = gc.piecewise_constant_schedule(1.0, {100: 0.1, 200: 0.5})
-      >>> [round(float(s(t)), 4) for t in (99, 100, 200)]
-      [1.0, 0.1, 0.05]
-    """
-    fn = "piecewise_constant_schedule"
-    _check.finite(fn, "init_value", init_value)
-    table = {} if boundaries_and_scales is None else boundaries_and_scales
-    if not isinstance(table, Mapping):
-        raise TypeError(
-            f"{fn}: `boundaries_and_scales` must be a dict {{step: scale}} or None; "
-            f"got {type(table).__name__} {table!r:.80}."
-        )
-    _boundaries(fn, "boundaries_and_scales", list(table), ordered=False)
-    pieces = sorted((int(b), scale) for b, scale in table.items())
-    for b, scale in pieces:
-        _check.non_negative(fn, f"boundaries_and_scales[{b}]", scale)
-
-    def schedule(step: ArrayLike) -> jax.Array:
-        t = jnp.asarray(step)
-        value = jnp.full(t.shape, _float(init_value))
-        for b, scale in pieces:
-            value = jnp.where(t >= b, value * _float(scale), value)
-        return value
-
-    return schedule
-
-
-def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
-    """Runs ``schedules[i]`` on steps ``[boundaries[i-1], boundaries[i])``.
-
-    Schedule ``i > 0`` is called with ``step - boundaries[i-1]``, as in Optax;
-    the values are cast to the default float dtype.
-
-    Args:
-      schedules: one or more schedules.
-      boundaries: ``len(schedules) - 1`` integer steps >= 0, in increasing order.
-
-    Returns:
-      A schedule.
-
-    Raises:
-      TypeError: if a member is not callable or a boundary not an integer.
-      ValueError: if the lengths disagree, or a boundary is negative or out of order.
-
-    Example:
-      >>> import gradchain as gc
-      >>> warmup = gc.linear_schedule(0.0, 1.0, transition_steps=10)
-      >>> decay = gc.exponential_decay(1.0, transition_steps=10, decay_rate=0.5)
-      >>> s = gc.join_schedules([warmup, decay], boundaries=[10])
-      >>> [round(float(s(t)), 4) for t in (5, 10, 20)]
-      [0.5, 1.0, 0.5]
-    """
-    fn = "join_schedules"
-    members: tuple[Callable[[Any], Any], ...] = tuple(schedules)
-    for i, member in enumerate(members):
-        if not _check.is_schedule(member):
-            raise TypeError(
-                f"{fn}: `schedules[{i}]` must be a schedule (a function of the step); "
-                f"got {type(member).__name__} {member!r:.80}."
-            )
-    starts = _boundaries(fn, "boundaries", list(boundaries))
-    if not members or len(starts) != len(members) - 1:
-        raise ValueError(
-            f"{fn}: `boundaries` must hold len(schedules) - 1 = {len(members) - 1} steps "
-            f"(one or more schedules); got {len(starts)}: {starts!r}."
-        )
-
-    def schedule(step: ArrayLike) -> jax.Array:
-        t = jnp.asarray(step)
-        value = _float(members[0](t))
-        for start, member in zip(starts, members[1:], strict=True):
-            value = jnp.where(t < start, value, _float(member(t - start)))
-        return value
+        c = cosine_shape(transition_progress(step, steps)[0]) ** as_float(exponent)
+        return as_float(init_value) * ((1 - as_float(alpha)) * c + as_float(alpha))
 
     return schedule

@@ -137,12 +137,6 @@ def compute_dtype(*dtypes: Any) -> Any:
     return out
 
 
-def cast_like(x: jax.Array, like: Any) -> jax.Array:
-    """Casts ``x`` to the dtype of ``like`` (an array or a dtype)."""
-    dtype = like if isinstance(like, jnp.dtype | type) else jnp.asarray(like).dtype
-    return jnp.asarray(x).astype(dtype)
-
-
 def zeros_like(params: Any, dtype: Any | None = None) -> Any:
     """Zeros shaped like each parameter leaf (arrays or ShapeDtypeStructs), optionally recast."""
 
@@ -161,17 +155,34 @@ def full_like(params: Any, value: float, dtype: Any | None = None) -> Any:
     return jax.tree.map(full, params)
 
 
-def map_in_compute_dtype(
-    f: Callable[..., jax.Array], out_like: Any, *trees: Any, scalars: tuple[jax.Array, ...] = ()
-) -> Any:
-    """Applies ``f(*leaves, *scalars)`` in the compute dtype, casting back like ``out_like``."""
+def abs_sq(x: jax.Array) -> jax.Array:
+    """|x|^2 for real or complex x, in x's dtype."""
+    if jnp.iscomplexobj(x):
+        return (x.real * x.real + x.imag * x.imag).astype(x.dtype)
+    return x * x
 
-    def leaf(out: Any, *xs: Any) -> jax.Array:
-        dt = compute_dtype(*(x.dtype for x in xs), *(s.dtype for s in scalars))
-        args = [x.astype(dt) for x in xs] + [s.astype(dt) for s in scalars]
-        return f(*args).astype(out.dtype)
 
-    return jax.tree.map(leaf, out_like, *trees)
+def upcast(*xs: jax.Array) -> list[jax.Array]:
+    """Arrays (leaves and scalar hyperparameters) cast to their common compute dtype."""
+    dt = compute_dtype(*(x.dtype for x in xs))
+    return [x.astype(dt) for x in xs]
+
+
+def map_leaves(f: Callable[..., tuple[jax.Array, ...]], n_out: int, *trees: Any) -> tuple[Any, ...]:
+    """Applies ``f`` leaf-wise to trees of one structure, returning ``n_out`` trees."""
+    treedef = jax.tree.structure(trees[0])
+    columns = [jax.tree.leaves(t) for t in trees]
+    outs = [f(*leaves) for leaves in zip(*columns, strict=True)]
+    return tuple(treedef.unflatten([o[i] for o in outs]) for i in range(n_out))
+
+
+def debias(decay: jax.Array, step: jax.Array) -> jax.Array:
+    """``1 - decay**step`` in the hyperparameter's float dtype (float32 or wider).
+
+    In bfloat16, ``0.999**t`` rounds to 1 for the first hundreds of steps, so
+    this is never computed in the leaves' dtype.
+    """
+    return 1 - decay ** step.astype(decay.dtype)
 
 
 def global_norm(updates: Any) -> jax.Array:

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from gradchain import _check, _tree
 from gradchain._base import (
@@ -46,7 +47,7 @@ def _full_mask(fn: str, mask: MaskOrFn, params: Params, name: str = "params") ->
 
     def as_bool(path: tuple[Any, ...], m: Any) -> bool:
         # A bool, or a concrete boolean scalar array; never truthiness ('no' or 0.5 is no mask).
-        concrete = not isinstance(m, jax.core.Tracer)
+        concrete = not isinstance(m, Tracer)
         if isinstance(m, bool | np.bool_) or (
             concrete and isinstance(m, jax.Array | np.ndarray) and m.shape == () and m.dtype == bool
         ):
