@@ -299,7 +299,10 @@ def scale_by_stddev(
             new_m = omr * gc + rho * mc
             new_v = omr * _tree.abs_sq(gc) + rho * vc
             m_hat, v_hat = (new_m / c, new_v / c) if bias_correction else (new_m, new_v)
-            out = _rms_scaling(v_hat - _tree.abs_sq(m_hat), eps_, eps_in_sqrt) * gc
+            # One sample has no variance: debiased, v_hat - m_hat^2 is exactly 0 at the first
+            # step, and float32 rounding can leave it below 0, whose root is NaN (as in Optax).
+            variance = jnp.maximum(v_hat - _tree.abs_sq(m_hat), 0)
+            out = _rms_scaling(variance, eps_, eps_in_sqrt) * gc
             return out.astype(g.dtype), new_m.astype(m.dtype), new_v.astype(v.dtype)
 
         updates, mu, nu = _tree.map_leaves(leaf, 3, updates, state.mu, state.nu)

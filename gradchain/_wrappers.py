@@ -225,6 +225,7 @@ def inject_hyperparams(
     @functools.wraps(inner_factory)
     def factory(*args: Any, **kwargs: Any) -> GradientTransformationExtraArgs:
         bound = inspect.signature(inner_factory).bind(*args, **kwargs)
+        bound.apply_defaults()  # defaults become hyperparameters too, as in Optax
         arguments = dict(bound.arguments)
 
         def is_numeric(name: str, v: Any) -> bool:
