@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from gradchain import _check, _tree
 from gradchain._base import GradientTransformation, Params, ScalarOrSchedule, Updates
-from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
+from gradchain._hyperparams import Hyperparams, hyperparam_transform
 
 
 class ClipState(NamedTuple):
@@ -41,27 +41,18 @@ def clip(max_delta: ScalarOrSchedule) -> GradientTransformation:
     """
     fn = "clip"
     _check.non_negative(fn, "max_delta", max_delta, schedule_ok=True)
-    spec = HyperparamSpec(fn, dict(max_delta=max_delta))
 
-    def init_fn(params: Params) -> ClipState:
+    def apply(updates: Updates, params: Params | None, hp: dict[str, jax.Array]) -> Updates:
         del params
-        return ClipState(jnp.zeros([], jnp.int32), spec.init())
-
-    def update_fn(
-        updates: Updates, state: ClipState, params: Params | None = None
-    ) -> tuple[Updates, ClipState]:
-        del params
-        _tree.check_state(fn, state, ClipState)
-        bound = values(state.hparams)["max_delta"]
+        bound = hp["max_delta"]
 
         def leaf(u: jax.Array) -> jax.Array:
             b = bound.astype(_tree.compute_dtype(u.dtype, bound.dtype))
             return jnp.clip(u.astype(b.dtype), -b, b).astype(u.dtype)
 
-        step = _tree.safe_increment(state.step)
-        return jax.tree.map(leaf, updates), ClipState(step, spec.advance(state.hparams, step))
+        return jax.tree.map(leaf, updates)
 
-    return GradientTransformation(init_fn, update_fn)
+    return hyperparam_transform(fn, ClipState, {"max_delta": max_delta}, apply)
 
 
 def clip_by_global_norm(max_norm: ScalarOrSchedule) -> GradientTransformation:
@@ -93,18 +84,10 @@ def clip_by_global_norm(max_norm: ScalarOrSchedule) -> GradientTransformation:
     """
     fn = "clip_by_global_norm"
     _check.positive(fn, "max_norm", max_norm, schedule_ok=True)
-    spec = HyperparamSpec(fn, dict(max_norm=max_norm))
 
-    def init_fn(params: Params) -> ClipState:
+    def apply(updates: Updates, params: Params | None, hp: dict[str, jax.Array]) -> Updates:
         del params
-        return ClipState(jnp.zeros([], jnp.int32), spec.init())
-
-    def update_fn(
-        updates: Updates, state: ClipState, params: Params | None = None
-    ) -> tuple[Updates, ClipState]:
-        del params
-        _tree.check_state(fn, state, ClipState)
-        bound = values(state.hparams)["max_norm"]
+        bound = hp["max_norm"]
         norm = _tree.global_norm(updates)
         dt = _tree.compute_dtype(norm.dtype, bound.dtype)
         norm, bound = norm.astype(dt), bound.astype(dt)
@@ -115,7 +98,6 @@ def clip_by_global_norm(max_norm: ScalarOrSchedule) -> GradientTransformation:
             clipped = (u.astype(wide) / norm.astype(wide)) * bound.astype(wide)
             return jnp.where(keep, u, clipped.astype(u.dtype))
 
-        step = _tree.safe_increment(state.step)
-        return jax.tree.map(leaf, updates), ClipState(step, spec.advance(state.hparams, step))
+        return jax.tree.map(leaf, updates)
 
-    return GradientTransformation(init_fn, update_fn)
+    return hyperparam_transform(fn, ClipState, {"max_norm": max_norm}, apply)

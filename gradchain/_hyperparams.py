@@ -20,14 +20,14 @@ term. :func:`set_hyperparams` keeps the two in step.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from gradchain import _check
-from gradchain._base import ScalarOrSchedule, Schedule
+from gradchain import _check, _tree
+from gradchain._base import GradientTransformation, Params, ScalarOrSchedule, Schedule, Updates
 
 
 class Hyperparams(NamedTuple):
@@ -141,6 +141,37 @@ class _Values(dict):
 def values(hp: Hyperparams) -> dict[str, jax.Array]:
     """The hyperparameter values an update uses: constants and scheduled values."""
     return _Values({**hp.constant, **hp.scheduled})
+
+
+def hyperparam_transform(
+    fn: str,
+    state_type: type[Any],
+    hyperparams: dict[str, ScalarOrSchedule],
+    apply: Callable[[Updates, Params | None, dict[str, jax.Array]], Updates],
+) -> GradientTransformation:
+    """A transform whose state is ``state_type(step, hparams)`` and whose update is ``apply``.
+
+    ``state_type`` is a NamedTuple of exactly those two fields; each family
+    has its own, so a state passed to the wrong transform is refused.
+
+    ``apply(updates, params, values)`` gets the hyperparameter values for this
+    step; the step counter and the schedules advance around it.
+    """
+    spec = HyperparamSpec(fn, hyperparams)
+
+    def init_fn(params: Params) -> Any:
+        del params
+        return state_type(jnp.zeros([], jnp.int32), spec.init())
+
+    def update_fn(
+        updates: Updates, state: Any, params: Params | None = None
+    ) -> tuple[Updates, Any]:
+        _tree.check_state(fn, state, state_type)
+        new_updates = apply(updates, params, values(state.hparams))
+        step = _tree.safe_increment(state.step)
+        return new_updates, state_type(step, spec.advance(state.hparams, step))
+
+    return GradientTransformation(init_fn, update_fn)
 
 
 class _Entry(NamedTuple):

@@ -176,20 +176,10 @@ def nadam(
     nesterov: bool = True,
     nu_dtype: Any | None = None,
 ) -> GradientTransformationExtraArgs:
-    r"""NAdam (Dozat, 2016): :func:`adam` with Nesterov momentum on by default.
+    r"""NAdam (Dozat, 2016): :func:`adam` with ``nesterov=True`` by default.
 
-    Args:
-      learning_rate: a number or a schedule.
-      b1: first-moment decay, in [0, 1).
-      b2: second-moment decay, in [0, 1).
-      eps: added outside the root.
-      eps_root: added inside the root.
-      mu_dtype: dtype of the first moment.
-      nesterov: the look-ahead first moment; True by default.
-      nu_dtype: dtype of the second moment.
-
-    Returns:
-      A GradientTransformationExtraArgs.
+    The arguments are :func:`adam`'s; the first moment looks one step ahead,
+    :math:`\hat m_t = \beta_1 m_t / (1-\beta_1^{t+1}) + (1-\beta_1) g_t / (1-\beta_1^t)`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -221,22 +211,7 @@ def nadamw(
     nesterov: bool = True,
     nu_dtype: Any | None = None,
 ) -> GradientTransformationExtraArgs:
-    r"""NAdamW: :func:`adamw` with Nesterov momentum on by default.
-
-    Args:
-      learning_rate: a number or a schedule.
-      b1: first-moment decay, in [0, 1).
-      b2: second-moment decay, in [0, 1).
-      eps: added outside the root.
-      eps_root: added inside the root.
-      mu_dtype: dtype of the first moment.
-      weight_decay: >= 0, or a schedule.
-      mask: which parameters to decay.
-      nesterov: the look-ahead first moment; True by default.
-      nu_dtype: dtype of the second moment.
-
-    Returns:
-      A GradientTransformationExtraArgs.
+    r"""NAdamW: :func:`adamw` with ``nesterov=True`` by default; the arguments are adamw's.
 
     Example:
       >>> import jax.numpy as jnp

@@ -16,7 +16,7 @@ from gradchain._base import (
     ScalarOrSchedule,
     Updates,
 )
-from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
+from gradchain._hyperparams import Hyperparams, hyperparam_transform
 from gradchain._wrappers import MaskOrFn, masked
 
 
@@ -34,29 +34,19 @@ def _add_param_term(
     term: Callable[[jax.Array], jax.Array],
 ) -> GradientTransformation:
     """A transform adding ``hparams[name] * term(param)`` to each update."""
-    spec = HyperparamSpec(fn, {name: value})
 
-    def init_fn(params: Params) -> DecayState:
-        del params
-        return DecayState(jnp.zeros([], jnp.int32), spec.init())
-
-    def update_fn(
-        updates: Updates, state: DecayState, params: Params | None = None
-    ) -> tuple[Updates, DecayState]:
-        _tree.check_state(fn, state, DecayState)
+    def apply(updates: Updates, params: Params | None, hp: dict[str, jax.Array]) -> Updates:
         _tree.require_params(fn, params)
         _tree.check_matches(fn, updates, "params", params)
-        coeff = values(state.hparams)[name]
+        coeff = hp[name]
 
         def leaf(u: jax.Array, p: jax.Array) -> jax.Array:
             dt = _tree.compute_dtype(u.dtype, p.dtype, coeff.dtype)
             return (u.astype(dt) + coeff.astype(dt) * term(p.astype(dt))).astype(u.dtype)
 
-        step = _tree.safe_increment(state.step)
-        new_updates = jax.tree.map(leaf, updates, params)
-        return new_updates, DecayState(step, spec.advance(state.hparams, step))
+        return jax.tree.map(leaf, updates, params)
 
-    return GradientTransformation(init_fn, update_fn)
+    return hyperparam_transform(fn, DecayState, {name: value}, apply)
 
 
 def _maybe_masked(tx: GradientTransformation, mask: MaskOrFn | None) -> AnyTransformation:

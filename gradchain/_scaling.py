@@ -9,11 +9,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from gradchain import _check, _tree
 from gradchain._base import GradientTransformation, Params, ScalarOrSchedule, Schedule, Updates
-from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
+from gradchain._hyperparams import Hyperparams, hyperparam_transform
 
 
 class ScaleState(NamedTuple):
@@ -35,23 +34,12 @@ def scale_tree(updates: Updates, factor: jax.Array) -> Updates:
 
 def _scaling(fn: str, name: str, value: ScalarOrSchedule, sign: float) -> GradientTransformation:
     """A transform multiplying updates by ``sign * hparams[name]``."""
-    spec = HyperparamSpec(fn, {name: value})
 
-    def init_fn(params: Params) -> ScaleState:
+    def apply(updates: Updates, params: Params | None, hp: dict[str, jax.Array]) -> Updates:
         del params
-        return ScaleState(jnp.zeros([], jnp.int32), spec.init())
+        return scale_tree(updates, -hp[name] if sign < 0 else hp[name])
 
-    def update_fn(
-        updates: Updates, state: ScaleState, params: Params | None = None
-    ) -> tuple[Updates, ScaleState]:
-        del params
-        _tree.check_state(fn, state, ScaleState)
-        factor = values(state.hparams)[name]
-        updates = scale_tree(updates, -factor if sign < 0 else factor)
-        step = _tree.safe_increment(state.step)
-        return updates, ScaleState(step, spec.advance(state.hparams, step))
-
-    return GradientTransformation(init_fn, update_fn)
+    return hyperparam_transform(fn, ScaleState, {name: value}, apply)
 
 
 def scale(step_size: ScalarOrSchedule) -> GradientTransformation:
