@@ -101,6 +101,11 @@ class EmptyState(NamedTuple):
     """The state of a stateless transformation: an empty NamedTuple."""
 
 
+def _init_empty(params: Params) -> EmptyState:
+    del params
+    return EmptyState()
+
+
 def identity() -> GradientTransformation:
     """Returns updates unchanged.
 
@@ -116,10 +121,6 @@ def identity() -> GradientTransformation:
       1.5
     """
 
-    def init_fn(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
-
     def update_fn(
         updates: Updates, state: OptState, params: Params | None = None
     ) -> tuple[Updates, OptState]:
@@ -127,7 +128,7 @@ def identity() -> GradientTransformation:
         _tree.check_state("identity", state, EmptyState)
         return updates, state
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformation(_init_empty, update_fn)
 
 
 def set_to_zero() -> GradientTransformation:
@@ -145,10 +146,6 @@ def set_to_zero() -> GradientTransformation:
       0.0
     """
 
-    def init_fn(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
-
     def update_fn(
         updates: Updates, state: OptState, params: Params | None = None
     ) -> tuple[Updates, OptState]:
@@ -156,7 +153,7 @@ def set_to_zero() -> GradientTransformation:
         _tree.check_state("set_to_zero", state, EmptyState)
         return jax.tree.map(jnp.zeros_like, updates), state
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformation(_init_empty, update_fn)
 
 
 def stateless(
@@ -181,10 +178,6 @@ def stateless(
       3.0
     """
 
-    def init_fn(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
-
     def update_fn(
         updates: Updates, state: OptState, params: Params | None = None
     ) -> tuple[Updates, OptState]:
@@ -193,7 +186,7 @@ def stateless(
         _tree.check_same_structure("stateless", "updates", updates, "f(updates)", new_updates)
         return new_updates, state
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformation(_init_empty, update_fn)
 
 
 def stateless_with_tree_map(
@@ -218,10 +211,6 @@ def stateless_with_tree_map(
       3.0
     """
 
-    def init_fn(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
-
     def update_fn(
         updates: Updates, state: OptState, params: Params | None = None
     ) -> tuple[Updates, OptState]:
@@ -231,7 +220,7 @@ def stateless_with_tree_map(
         _tree.check_matches("stateless_with_tree_map", updates, "params", params)
         return jax.tree.map(f, updates, params), state
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformation(_init_empty, update_fn)
 
 
 def with_extra_args_support(tx: AnyTransformation) -> GradientTransformationExtraArgs:
@@ -327,3 +316,21 @@ def call_update(
     if accepts_extra_args(tx):
         return tx.update(updates, state, params, **extra_args)
     return tx.update(updates, state, params)
+
+
+def check_transformation(fn: str, where: str, tx: Any) -> None:
+    """Raises a TypeError naming ``fn`` unless ``tx`` has ``init`` and ``update``.
+
+    The usual mistake is a factory passed uncalled (``gc.scale_by_adam``), so
+    the message names it and shows the call.
+    """
+    if hasattr(tx, "init") and hasattr(tx, "update"):
+        return
+    name = getattr(tx, "__name__", None) if callable(tx) else None
+    what = f"the function `{name}`" if name else f"a {type(tx).__name__} {tx!r:.60}"
+    example = name or "scale_by_adam"
+    raise TypeError(
+        f"{fn}: {where} is {what}, not a gradient transformation (an object with `init` "
+        f"and `update`). Did you pass a factory without calling it, e.g. `gc.{example}` "
+        f"instead of `gc.{example}()`?"
+    )

@@ -11,20 +11,13 @@ from gradchain._base import (
     Params,
     Updates,
     call_update,
+    check_transformation,
 )
 
 
 def _check_transforms(fn: str, transforms: tuple[Any, ...]) -> None:
     for i, tx in enumerate(transforms):
-        if not (hasattr(tx, "init") and hasattr(tx, "update")):
-            name = getattr(tx, "__name__", None) if callable(tx) else None
-            what = f"the function `{name}`" if name else f"a {type(tx).__name__} {tx!r:.60}"
-            example = name or "scale_by_adam"
-            raise TypeError(
-                f"{fn}: argument {i} is {what}, not a gradient transformation "
-                f"(an object with `init` and `update`). Did you pass a factory without calling "
-                f"it, e.g. `gc.{example}` instead of `gc.{example}()`?"
-            )
+        check_transformation(fn, f"argument {i}", tx)
 
 
 def chain(*transforms: AnyTransformation) -> GradientTransformationExtraArgs:

@@ -20,6 +20,7 @@ from gradchain._base import (
     Params,
     Updates,
     call_update,
+    check_transformation,
 )
 from gradchain._hyperparams import Hyperparams
 
@@ -99,14 +100,7 @@ def masked(inner: AnyTransformation, mask: MaskOrFn) -> GradientTransformationEx
       (0.0, 1.0)
     """
     fn = "masked"
-    if not (hasattr(inner, "init") and hasattr(inner, "update")):
-        name = getattr(inner, "__name__", None) if callable(inner) else None
-        what = f"the function `{name}`" if name else f"a {type(inner).__name__} {inner!r:.60}"
-        example = name or "scale_by_adam"
-        raise TypeError(
-            f"masked: `inner` is {what}, not a gradient transformation. Did you pass a "
-            f"factory without calling it, e.g. `gc.{example}` instead of `gc.{example}()`?"
-        )
+    check_transformation(fn, "`inner`", inner)
 
     def select(full: Any, tree: Any) -> Any:
         return jax.tree.map(lambda m, x: x if m else MaskedNode(), full, tree)
