@@ -185,7 +185,8 @@ class _Entry(NamedTuple):
 
 
 def _is_inject_state(x: Any) -> bool:
-    return type(x).__name__ == "InjectHyperparamsState" and hasattr(x, "inner_state")
+    names = ("InjectHyperparamsState", "InjectStatefulHyperparamsState")
+    return type(x).__name__ in names and hasattr(x, "inner_state")
 
 
 def _entries(state: Any) -> list[tuple[tuple[Any, ...], _Entry]]:

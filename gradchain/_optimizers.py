@@ -4,6 +4,32 @@ No arithmetic lives here: each alias names the transforms of its paper in the
 order they apply, and the numbers live in those transforms. Every alias takes
 the learning rate as a number or a schedule, and its state is the tuple of its
 members' states, as in Optax.
+
+Weight decay, the house rule. Every optimizer takes decoupled weight decay
+(Loshchilov and Hutter, 2019) with a mask:
+
+- Aliases that Optax gives no weight decay (``sgd``, ``adam``, ``nadam``,
+  ``rmsprop``, ``adagrad``, ``adamax``, ``amsgrad``, ``yogi``, ``adabelief``,
+  ``radam``, ``sign_sgd``, ``rprop``) take the keyword arguments
+  ``weight_decay: ScalarOrSchedule | None = None`` and ``mask=None``. With
+  ``None`` the chain is exactly Optax's, with the same state structure, so
+  ported code that indexes the state keeps working. With a number or a
+  schedule, :func:`add_decayed_weights` ``(weight_decay, mask)`` joins the
+  chain right before :func:`scale_by_learning_rate` (before the final
+  ``scale(-1)`` in ``rprop``, which has no learning rate): the decay is added
+  to the adapted direction, not to the gradient, and is scaled by the
+  learning rate, as in AdamW and SGDW. Its ``weight_decay`` is then a
+  hyperparameter of the state, readable and settable by name.
+- Aliases whose Optax version already decays keep Optax's arguments,
+  defaults and chain, so they give Optax's numbers: ``adamw``, ``nadamw``,
+  ``adamaxw`` (1e-4), ``lion`` (1e-3) and ``adan`` (0.0) decay as above;
+  ``novograd`` (0.0) decays inside its momentum, as its paper does, and takes
+  a keyword ``mask`` for it; ``adadelta`` (0.0, with Optax's
+  ``weight_decay_mask``) adds the decay to the gradient before the adaptive
+  scaling (coupled L2, as Optax and PyTorch have it).
+- ``mask`` is a tree of bools like the parameters (or a prefix of it), or a
+  function of the parameters returning one; ``True`` where to decay. A mask
+  without a weight decay is refused.
 """
 
 from __future__ import annotations
@@ -11,7 +37,12 @@ from __future__ import annotations
 from typing import Any
 
 from gradchain import _check
-from gradchain._base import GradientTransformationExtraArgs, ScalarOrSchedule, identity
+from gradchain._base import (
+    AnyTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+    identity,
+)
 from gradchain._combine import chain
 from gradchain._moments import scale_by_adam, scale_by_rms, scale_by_rss, scale_by_stddev
 from gradchain._momentum import trace
@@ -20,13 +51,37 @@ from gradchain._scaling import scale_by_learning_rate
 from gradchain._wrappers import MaskOrFn
 
 
+def optional_weight_decay(
+    fn: str, weight_decay: ScalarOrSchedule | None, mask: MaskOrFn | None
+) -> tuple[AnyTransformation, ...]:
+    """The chain members for an optional decoupled weight decay: none, or one.
+
+    An alias splices them into its chain (``chain(a, *optional_weight_decay(...), lr)``),
+    so that without weight decay its chain, and its state, are exactly Optax's.
+
+    Raises:
+      ValueError: if ``mask`` is given without a ``weight_decay``.
+    """
+    if weight_decay is None:
+        if mask is not None:
+            raise ValueError(
+                f"{fn}: `mask` selects the parameters to decay, but `weight_decay` is None. "
+                f"Give a `weight_decay` too (e.g. weight_decay=1e-4), or drop the mask."
+            )
+        return ()
+    return (add_decayed_weights(weight_decay, mask),)
+
+
 def sgd(
     learning_rate: ScalarOrSchedule,
     momentum: ScalarOrSchedule | None = None,
     nesterov: bool = False,
     accumulator_dtype: Any | None = None,
+    *,
+    weight_decay: ScalarOrSchedule | None = None,
+    mask: MaskOrFn | None = None,
 ) -> GradientTransformationExtraArgs:
-    r"""Stochastic gradient descent, with optional (Nesterov) momentum.
+    r"""Stochastic gradient descent, with optional (Nesterov) momentum and weight decay.
 
     :math:`w \leftarrow w - \eta g` or, with momentum :math:`\beta`,
     :math:`m \leftarrow g + \beta m,\ w \leftarrow w - \eta m` (Nesterov:
@@ -39,6 +94,9 @@ def sgd(
       momentum: :math:`\beta` in [0, 1), or None for none.
       nesterov: use Nesterov momentum.
       accumulator_dtype: dtype of the momentum buffer.
+      weight_decay: decoupled weight decay (SGDW) >= 0, a schedule, or None for
+        none (see the module docstring).
+      mask: which parameters to decay; all by default.
 
     Returns:
       A GradientTransformationExtraArgs.
@@ -63,6 +121,7 @@ def sgd(
         _check.decay_rate("sgd", "momentum", momentum, schedule_ok=True)
     return chain(
         trace(momentum, nesterov, accumulator_dtype) if momentum is not None else identity(),
+        *optional_weight_decay("sgd", weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -77,6 +136,8 @@ def adam(
     *,
     nesterov: bool = False,
     nu_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule | None = None,
+    mask: MaskOrFn | None = None,
 ) -> GradientTransformationExtraArgs:
     r"""Adam: :func:`scale_by_adam` then the learning rate.
 
@@ -92,6 +153,9 @@ def adam(
       mu_dtype: dtype of the first moment.
       nesterov: use NAdam's first moment.
       nu_dtype: dtype of the second moment.
+      weight_decay: decoupled weight decay >= 0, a schedule, or None for none
+        (see the module docstring; with a number this is :func:`adamw`).
+      mask: which parameters to decay; all by default.
 
     Returns:
       A GradientTransformationExtraArgs.
@@ -109,6 +173,7 @@ def adam(
     """
     return chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
+        *optional_weight_decay("adam", weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -175,10 +240,13 @@ def nadam(
     *,
     nesterov: bool = True,
     nu_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule | None = None,
+    mask: MaskOrFn | None = None,
 ) -> GradientTransformationExtraArgs:
     r"""NAdam (Dozat, 2016): :func:`adam` with ``nesterov=True`` by default.
 
-    The arguments are :func:`adam`'s; the first moment looks one step ahead,
+    The arguments are :func:`adam`'s (``weight_decay`` and ``mask`` included);
+    the first moment looks one step ahead,
     :math:`\hat m_t = \beta_1 m_t / (1-\beta_1^{t+1}) + (1-\beta_1) g_t / (1-\beta_1^t)`.
 
     Example:
@@ -194,6 +262,7 @@ def nadam(
     """
     return chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
+        *optional_weight_decay("nadam", weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -238,6 +307,9 @@ def rmsprop(
     momentum: ScalarOrSchedule | None = None,
     nesterov: bool = False,
     bias_correction: bool = False,
+    *,
+    weight_decay: ScalarOrSchedule | None = None,
+    mask: MaskOrFn | None = None,
 ) -> GradientTransformationExtraArgs:
     r"""RMSProp: :func:`scale_by_rms` (or :func:`scale_by_stddev` when centred), the rate, momentum.
 
@@ -254,6 +326,9 @@ def rmsprop(
       momentum: momentum in [0, 1), or None.
       nesterov: Nesterov momentum.
       bias_correction: debias the moments.
+      weight_decay: decoupled weight decay >= 0, a schedule, or None for none
+        (see the module docstring).
+      mask: which parameters to decay; all by default.
 
     Returns:
       A GradientTransformationExtraArgs.
@@ -276,6 +351,7 @@ def rmsprop(
     )
     return chain(
         scaler,
+        *optional_weight_decay("rmsprop", weight_decay, mask),
         scale_by_learning_rate(learning_rate),
         trace(momentum, nesterov) if momentum is not None else identity(),
     )
@@ -285,6 +361,9 @@ def adagrad(
     learning_rate: ScalarOrSchedule,
     initial_accumulator_value: float = 0.1,
     eps: ScalarOrSchedule = 1e-7,
+    *,
+    weight_decay: ScalarOrSchedule | None = None,
+    mask: MaskOrFn | None = None,
 ) -> GradientTransformationExtraArgs:
     r"""Adagrad: each coordinate's step divided by the root of its summed squared gradients.
 
@@ -294,6 +373,9 @@ def adagrad(
       learning_rate: a number or a schedule.
       initial_accumulator_value: initial :math:`s`, >= 0.
       eps: >= 0.
+      weight_decay: decoupled weight decay >= 0, a schedule, or None for none
+        (see the module docstring).
+      mask: which parameters to decay; all by default.
 
     Returns:
       A GradientTransformationExtraArgs.
@@ -311,5 +393,6 @@ def adagrad(
     """
     return chain(
         scale_by_rss(initial_accumulator_value, eps),
+        *optional_weight_decay("adagrad", weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )

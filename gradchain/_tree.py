@@ -204,8 +204,8 @@ def global_norm(updates: Any) -> jax.Array:
     if not leaves:
         return jnp.zeros([], jnp.result_type(float))
     dt = compute_dtype(*(x.dtype for x in leaves))
-    total = sum(jnp.sum(jnp.square(x.astype(dt))) for x in leaves)
-    return jnp.sqrt(jnp.asarray(total, dt))
+    total = sum(jnp.sum(abs_sq(x.astype(dt)).real) for x in leaves)
+    return jnp.sqrt(jnp.asarray(total, jnp.finfo(dt).dtype))
 
 
 def check_state(fn: str, state: Any, expected: type | tuple[type, ...]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import jax
 
@@ -39,6 +40,64 @@ def _not_first_leaf(params: gc.Params) -> gc.Params:
     return treedef.unflatten([i > 0 for i in range(len(leaves))])
 
 
+def _by_rank(params: gc.Params) -> gc.Params:
+    """A label function for partition: vectors apart from every other leaf."""
+    return jax.tree.map(lambda p: "vector" if len(p.shape) == 1 else "other", params)
+
+
+def _param_groups() -> gc.GradientTransformationExtraArgs:
+    """Rules that fit any tree (keys from 'abcd', indices) and use every kind of rule."""
+    return gc.param_groups(
+        gc.adamw,
+        dict(learning_rate=_warmup_cosine, weight_decay=0.1),
+        gc.Rule("**/a", "**/0", name="no_decay", overrides=dict(weight_decay=0.0)),
+        gc.Rule("b/**", name="b", multipliers=dict(learning_rate=0.1)),
+        gc.Rule("c/**", name="frozen", optimizer=gc.set_to_zero()),
+        gc.Rule("**", name="rest"),
+        first_match=True,
+    )
+
+
+def _count_nonfinite(updates: gc.Updates) -> Any:
+    """A measure for monitor: how many entries are NaN or infinite."""
+    return sum(jax.numpy.sum(~jax.numpy.isfinite(u)) for u in jax.tree.leaves(updates))
+
+
+class LookaheadCarry(NamedTuple):
+    """State of :func:`on_plain_params`: lookahead's state and the (fast, slow) parameters."""
+
+    lookahead_state: Any
+    params: gc.LookaheadParams
+
+
+def on_plain_params(tx: gc.GradientTransformationExtraArgs) -> gc.GradientTransformationExtraArgs:
+    """A lookahead as a transform of plain trees, so that the suites can run it.
+
+    Lookahead takes LookaheadParams(fast, slow) and returns updates of both;
+    this keeps the pair in its state, applies both halves, and returns the fast
+    updates (in the gradients' dtype). A state that is not its own goes straight
+    to lookahead, which reports it.
+    """
+
+    def init(params: gc.Params) -> LookaheadCarry:
+        def concrete(p: Any) -> Any:
+            abstract = isinstance(p, jax.ShapeDtypeStruct)
+            return jax.numpy.zeros(p.shape, p.dtype) if abstract else p
+
+        pair = gc.LookaheadParams.init_synced(jax.tree.map(concrete, params))
+        return LookaheadCarry(tx.init(pair), pair)
+
+    def update(
+        updates: gc.Updates, state: Any, params: gc.Params | None = None, **extra_args: Any
+    ) -> tuple[gc.Updates, Any]:
+        if not isinstance(state, LookaheadCarry):
+            return tx.update(updates, state, gc.LookaheadParams(params, params), **extra_args)
+        out, inner = tx.update(updates, state.lookahead_state, state.params, **extra_args)
+        return out.fast, LookaheadCarry(inner, gc.apply_updates(state.params, out))
+
+    return gc.GradientTransformationExtraArgs(init, update)
+
+
 _warmup_cosine = gc.warmup_cosine_decay_schedule(0.0, 1e-2, 3, 10)
 
 CASES: tuple[Case, ...] = (
@@ -54,6 +113,23 @@ CASES: tuple[Case, ...] = (
     ),
     Case("named_chain", lambda: gc.named_chain(("clip", gc.clip(1.0)), ("sgd", gc.sgd(0.1)))),
     Case("masked", lambda: gc.masked(gc.scale_by_adam(), _not_first_leaf)),
+    # _partition and _rules
+    Case(
+        "partition",
+        lambda: gc.partition(
+            {"vector": gc.adam(1e-3), "other": gc.sgd(0.1, momentum=0.9)}, _by_rank
+        ),
+    ),
+    Case(
+        "multi_transform",
+        lambda: gc.multi_transform({"all": gc.adamw(1e-3), "none": gc.sgd(1.0)}, "all"),
+    ),
+    Case("freeze", lambda: gc.freeze(_not_first_leaf)),
+    Case(
+        "selective_transform",
+        lambda: gc.selective_transform(gc.adam(1e-3), freeze_mask=_not_first_leaf),
+    ),
+    Case("param_groups", _param_groups),
     Case(
         "inject_hyperparams", lambda: gc.inject_hyperparams(gc.adam)(learning_rate=_warmup_cosine)
     ),
@@ -80,6 +156,11 @@ CASES: tuple[Case, ...] = (
     # _clipping
     Case("clip", lambda: gc.clip(0.5)),
     Case("clip_by_global_norm", lambda: gc.clip_by_global_norm(1.0)),
+    # _clipping_more
+    Case("clip_by_block_rms", lambda: gc.clip_by_block_rms(0.5)),
+    Case("clip_by_block_rms", lambda: gc.clip_by_block_rms(_warmup_cosine), "schedule"),
+    Case("adaptive_grad_clip", lambda: gc.adaptive_grad_clip(0.05)),
+    Case("adaptive_grad_clip", lambda: gc.adaptive_grad_clip(_warmup_cosine, eps=0.0), "schedule"),
     # _optimizers
     Case("sgd", lambda: gc.sgd(0.1)),
     Case("sgd", lambda: gc.sgd(_warmup_cosine, momentum=0.9, nesterov=True), "nesterov"),
@@ -90,24 +171,155 @@ CASES: tuple[Case, ...] = (
     Case("rmsprop", lambda: gc.rmsprop(1e-3)),
     Case("rmsprop", lambda: gc.rmsprop(1e-3, centered=True, momentum=0.9), "centered"),
     Case("adagrad", lambda: gc.adagrad(1e-2)),
+    # weight decay on the everyday optimizers (the house rule in gradchain/_optimizers.py)
+    Case("sgd", lambda: gc.sgd(0.1, momentum=0.9, weight_decay=1e-2), "weight_decay"),
+    Case("adam", lambda: gc.adam(1e-3, weight_decay=_warmup_cosine), "weight_decay"),
+    Case("nadam", lambda: gc.nadam(1e-3, weight_decay=1e-2, mask=_not_first_leaf), "wd_mask"),
+    Case("rmsprop", lambda: gc.rmsprop(1e-3, momentum=0.9, weight_decay=1e-2), "weight_decay"),
+    Case("adagrad", lambda: gc.adagrad(1e-2, weight_decay=1e-2), "weight_decay"),
+    # _adaptive, _adaptive_other, _sign_methods
+    Case("scale_by_adamax", gc.scale_by_adamax),
+    Case("scale_by_amsgrad", gc.scale_by_amsgrad),
+    Case(
+        "scale_by_amsgrad",
+        lambda: gc.scale_by_amsgrad(mu_dtype="bfloat16", max_before_debias=True),
+        "torch_mu_bf16",
+    ),
+    Case("scale_by_yogi", gc.scale_by_yogi),
+    Case("scale_by_yogi", lambda: gc.scale_by_yogi(b2=_warmup_cosine, initial_mu=0.0), "paper"),
+    Case("scale_by_belief", gc.scale_by_belief),
+    Case("scale_by_belief", lambda: gc.scale_by_belief(nesterov=True), "nesterov"),
+    Case("scale_by_radam", gc.scale_by_radam),
+    Case("scale_by_radam", lambda: gc.scale_by_radam(b2=0.9, nesterov=True), "nesterov"),
+    Case("scale_by_novograd", lambda: gc.scale_by_novograd(weight_decay=1e-2)),
+    Case(
+        "scale_by_novograd",
+        lambda: gc.scale_by_novograd(weight_decay=1e-2, mu_dtype="bfloat16", mask=_not_first_leaf),
+        "mask_mu_bf16",
+    ),
+    Case("scale_by_adadelta", gc.scale_by_adadelta),
+    Case("scale_by_adan", gc.scale_by_adan),
+    Case("scale_by_lion", gc.scale_by_lion),
+    Case(
+        "scale_by_lion",
+        lambda: gc.scale_by_lion(mu_dtype="bfloat16", mode="smooth", smooth_beta=2.0),
+        "smooth_mu_bf16",
+    ),
+    Case("scale_by_lion", lambda: gc.scale_by_lion(mode="refined"), "refined"),
+    Case("scale_by_sign", gc.scale_by_sign),
+    Case("scale_by_rprop", lambda: gc.scale_by_rprop(1e-2)),
+    # _optimizers_adaptive
+    Case("adamax", lambda: gc.adamax(1e-3)),
+    Case("adamaxw", lambda: gc.adamaxw(_warmup_cosine, mask=_not_first_leaf)),
+    Case("amsgrad", lambda: gc.amsgrad(1e-3)),
+    Case("yogi", lambda: gc.yogi(1e-2, weight_decay=1e-3)),
+    Case("adabelief", lambda: gc.adabelief(1e-3)),
+    Case("radam", lambda: gc.radam(_warmup_cosine)),
+    Case("novograd", lambda: gc.novograd(1e-2, weight_decay=1e-3)),
+    Case("adadelta", gc.adadelta),
+    Case("adan", lambda: gc.adan(1e-3, weight_decay=1e-2)),
+    Case("lion", lambda: gc.lion(1e-4)),
+    Case("sign_sgd", lambda: gc.sign_sgd(1e-3)),
+    Case("rprop", lambda: gc.rprop(1e-3)),
+    # _guards and _accumulate
+    Case("apply_if_finite", lambda: gc.apply_if_finite(gc.adam(1e-3), 2)),
+    Case("skip_spikes", lambda: gc.skip_spikes(gc.adam(1e-3), warmup=2, threshold=1.0)),
+    Case(
+        "skip_spikes",
+        lambda: gc.skip_spikes(
+            gc.sgd(0.1, momentum=0.9), warmup=0, threshold=0.5, mode="clip", decay=0.5
+        ),
+        "clip",
+    ),
+    Case("apply_every", lambda: gc.apply_every(2)),
+    Case("multi_steps", lambda: gc.multi_steps(gc.adam(1e-3), 2)),
+    Case(
+        "MultiSteps",
+        lambda: gc.MultiSteps(
+            gc.sgd(_warmup_cosine, momentum=0.9),
+            lambda step: 2 + step % 2,
+            use_grad_mean=False,
+            should_skip_update_fn=gc.skip_not_finite,
+            accumulator_dtype=None,
+        ).gradient_transformation(),
+    ),
+    # _averaging, _conditional, _flatten, _monitoring, _inject_stateful
+    Case("lookahead", lambda: on_plain_params(gc.lookahead(gc.adam(1e-2), 2, 0.5))),
+    Case(
+        "lookahead",
+        lambda: on_plain_params(gc.lookahead(gc.sgd(0.1, momentum=0.9), 3, 0.8, reset_state=True)),
+        "reset",
+    ),
+    Case("ema_params", lambda: gc.ema_params(0.9)),
+    Case(
+        "ema_params",
+        lambda: gc.ema_params(
+            gc.linear_schedule(0.5, 0.99, 10), debias=False, accumulator_dtype="float32"
+        ),
+        "schedule_f32",
+    ),
+    Case(
+        "conditionally_transform",
+        lambda: gc.conditionally_transform(gc.scale_by_adam(), lambda step: step % 2 == 0),
+    ),
+    Case(
+        "conditionally_mask",
+        lambda: gc.conditionally_mask(gc.sgd(0.1, momentum=0.9), lambda step: step % 2 == 1),
+    ),
+    Case("maximize", gc.maximize),
+    Case("flatten", lambda: gc.flatten(gc.adam(1e-3))),
+    Case("snapshot", lambda: gc.snapshot("norm", gc.global_norm)),
+    Case(
+        "monitor",
+        lambda: gc.monitor({"norm": gc.global_norm, "nonfinite": _count_nonfinite}),
+    ),
+    Case("measure_with_ema", lambda: gc.monitor({"m": gc.measure_with_ema(gc.global_norm, 0.9)})),
+    Case("telemetry", lambda: gc.telemetry(gc.chain(gc.clip_by_global_norm(1.0), gc.adam(1e-3)))),
+    Case(
+        "inject_stateful_hyperparams",
+        lambda: gc.inject_stateful_hyperparams(gc.adam)(
+            learning_rate=gc.WrappedSchedule(_warmup_cosine), b1=0.8
+        ),
+    ),
 )
 
 NAMES = frozenset(case.name for case in CASES)
 
 # Public functions that are not transformation factories.
-HELPERS = frozenset({"apply_updates", "get_hyperparams", "global_norm", "set_hyperparams"})
+HELPERS = frozenset(
+    {
+        "apply_updates",
+        "eval_params",
+        "explain",
+        "get_hyperparams",
+        "get_telemetry",
+        "global_norm",
+        "per_example_global_norm_clip",
+        "per_example_layer_norm_clip",
+        "set_hyperparams",
+        "skip_large_updates",
+        "skip_not_finite",
+    }
+)
 SCHEDULES = frozenset(
     {
         "constant_schedule",
         "cosine_decay_schedule",
+        "cosine_onecycle_schedule",
+        "cyclic_schedule",
         "exponential_decay",
         "inverse_sqrt_decay_schedule",
         "inverse_time_decay_schedule",
         "join_schedules",
+        "linear_onecycle_schedule",
         "linear_schedule",
         "piecewise_constant_schedule",
+        "piecewise_interpolate_schedule",
         "polynomial_schedule",
+        "sgdr_schedule",
         "warmup_constant_schedule",
         "warmup_cosine_decay_schedule",
+        "warmup_exponential_decay_schedule",
+        "warmup_stable_decay_schedule",
     }
 )

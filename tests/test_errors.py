@@ -24,7 +24,7 @@ import optax
 import pytest
 
 import gradchain as gc
-from tests.registry import CASES, Case
+from tests.registry import CASES, Case, on_plain_params
 
 PARAMS = {
     "bias": jnp.zeros(2),
@@ -66,6 +66,8 @@ _READS_PARAMS = frozenset(
         "add_decayed_weights",
         "add_l1_penalty",
         "adamw",
+        "adaptive_grad_clip",
+        "freeze",
         "nadamw",
         "masked",
         "stateless_with_tree_map",
@@ -336,14 +338,20 @@ def test_inject_hyperparams_refuses_another_optimizers_inner_state() -> None:
 # 5. Hyperparameters at construction.
 
 RATE, NON_NEGATIVE, POSITIVE, FINITE = "in [0, 1)", "in [0, inf)", "in (0, inf)", "in (-inf, inf)"
+UNIT = "in (0, 1]"  # a step towards a target, e.g. lookahead's slow_step_size
 BAD_NUMBERS: dict[str, tuple[Any, ...]] = {
     RATE: (-0.1, 1.0, 1.5, math.nan, math.inf, np.float32(-0.5), jnp.asarray(1.0)),
     NON_NEGATIVE: (-1e-3, -math.inf, math.nan, math.inf, np.float64(-1.0), jnp.asarray(-1.0)),
     POSITIVE: (0.0, -1.0, math.nan, math.inf, jnp.asarray(0.0)),
     FINITE: (math.nan, math.inf, -math.inf, jnp.asarray(math.nan)),
+    UNIT: (0.0, -0.5, 1.5, math.nan, math.inf, jnp.asarray(0.0)),
 }
 BAD_TYPES: tuple[Any, ...] = ("0.1", [0.1], True, 1j, jnp.ones(2), None)
 VALID = {RATE: 0.5, NON_NEGATIVE: 0.1, POSITIVE: 1.0, FINITE: -0.5}
+VALID[UNIT] = 0.5
+AT_LEAST_ONE = "in [1, inf)"  # a growth factor, e.g. scale_by_rprop's eta_plus
+BAD_NUMBERS[AT_LEAST_ONE] = (0.5, 0.0, -1.0, math.nan, math.inf, jnp.asarray(0.9))
+VALID[AT_LEAST_ONE] = 1.5
 
 _LR = {"learning_rate": 0.1}
 # factory name -> (builder, the arguments it needs)
@@ -352,6 +360,8 @@ FACTORIES: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "scale_by_learning_rate": (gc.scale_by_learning_rate, _LR),
     "clip": (gc.clip, {"max_delta": 1.0}),
     "clip_by_global_norm": (gc.clip_by_global_norm, {"max_norm": 1.0}),
+    "clip_by_block_rms": (gc.clip_by_block_rms, {"threshold": 1.0}),
+    "adaptive_grad_clip": (gc.adaptive_grad_clip, {"clipping": 0.1}),
     "trace": (gc.trace, {"decay": 0.9}),
     "ema": (gc.ema, {"decay": 0.9}),
     "scale_by_adam": (gc.scale_by_adam, {}),
@@ -367,8 +377,50 @@ FACTORIES: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "nadamw": (gc.nadamw, _LR),
     "rmsprop": (gc.rmsprop, _LR),
     "adagrad": (gc.adagrad, _LR),
+    **{
+        name: (getattr(gc, name), {})
+        for name in (
+            "scale_by_adamax",
+            "scale_by_amsgrad",
+            "scale_by_yogi",
+            "scale_by_belief",
+            "scale_by_radam",
+            "scale_by_novograd",
+            "scale_by_adadelta",
+            "scale_by_adan",
+            "scale_by_lion",
+            "adadelta",
+        )
+    },
+    "scale_by_rprop": (gc.scale_by_rprop, _LR),
+    **{
+        name: (getattr(gc, name), _LR)
+        for name in (
+            "adamax",
+            "adamaxw",
+            "amsgrad",
+            "yogi",
+            "adabelief",
+            "radam",
+            "novograd",
+            "adan",
+            "lion",
+            "sign_sgd",
+            "rprop",
+        )
+    },
     "inject_hyperparams(adam)": (gc.inject_hyperparams(gc.adam), _LR),
     "scale_by_schedule": (gc.scale_by_schedule, {}),
+    "lookahead": (
+        lambda **kw: on_plain_params(gc.lookahead(**kw)),
+        {"fast_optimizer": gc.sgd(0.1), "sync_period": 2, "slow_step_size": 0.5},
+    ),
+    "ema_params": (gc.ema_params, {"decay": 0.9}),
+    "measure_with_ema": (
+        lambda **kw: gc.monitor({"m": gc.measure_with_ema(gc.global_norm, **kw)}),
+        {"decay": 0.9},
+    ),
+    "skip_spikes": (gc.skip_spikes, {"inner": gc.sgd(0.1)}),
 }
 _ADAM = [("learning_rate", NON_NEGATIVE, "scale_by_learning_rate")] + [
     (arg, kind, "scale_by_adam")
@@ -380,14 +432,60 @@ _RMS = [
     for fn in ("scale_by_rms", "scale_by_stddev")
     for arg, kind in (("decay", RATE), ("eps", NON_NEGATIVE), ("initial_scale", NON_NEGATIVE))
 ]
+_BETAS = (("b1", RATE), ("b2", RATE), ("eps", NON_NEGATIVE))
+_ROOT = (("eps_root", NON_NEGATIVE),)
+# transform -> its numeric arguments (each alias passes them on, the transform checks them)
+_ADAPTIVE: dict[str, tuple[tuple[str, str], ...]] = {
+    "scale_by_adamax": _BETAS,
+    "scale_by_amsgrad": (*_BETAS, *_ROOT),
+    "scale_by_yogi": (
+        *_BETAS,
+        *_ROOT,
+        ("initial_accumulator_value", NON_NEGATIVE),
+        ("initial_mu", FINITE),
+    ),
+    "scale_by_belief": (*_BETAS, *_ROOT),
+    "scale_by_radam": (*_BETAS, *_ROOT, ("threshold", FINITE)),
+    "scale_by_novograd": (*_BETAS, *_ROOT, ("weight_decay", NON_NEGATIVE)),
+    "scale_by_adadelta": (("rho", RATE), ("eps", NON_NEGATIVE)),
+    "scale_by_adan": (*_BETAS, ("b3", RATE), *_ROOT),
+    "scale_by_lion": (("b1", RATE), ("b2", RATE), ("smooth_beta", POSITIVE)),
+    "scale_by_rprop": (
+        ("learning_rate", POSITIVE),
+        ("eta_minus", RATE),
+        ("eta_plus", AT_LEAST_ONE),
+        ("min_step_size", NON_NEGATIVE),
+        ("max_step_size", POSITIVE),
+    ),
+}
+# transform -> its aliases, which pass on its numeric arguments (but those in _ALIAS_SKIPS)
+_ADAPTIVE_ALIASES: dict[str, tuple[str, ...]] = {
+    "scale_by_adamax": ("adamax", "adamaxw"),
+    "scale_by_amsgrad": ("amsgrad",),
+    "scale_by_yogi": ("yogi",),
+    "scale_by_belief": ("adabelief",),
+    "scale_by_radam": ("radam",),
+    "scale_by_novograd": ("novograd",),
+    "scale_by_adadelta": ("adadelta",),
+    "scale_by_adan": ("adan",),
+    "scale_by_lion": ("lion",),
+    "scale_by_rprop": ("rprop",),
+}
+_ALIAS_SKIPS = {"yogi": ("eps_root",), "lion": ("smooth_beta",)}  # as in Optax's aliases
 # (factory, argument, valid range, the function the message names)
 HYPERPARAMETERS: list[tuple[str, str, str, str]] = [
     ("scale", "step_size", FINITE, "scale"),
     ("scale_by_learning_rate", "learning_rate", NON_NEGATIVE, "scale_by_learning_rate"),
     ("clip", "max_delta", NON_NEGATIVE, "clip"),
     ("clip_by_global_norm", "max_norm", POSITIVE, "clip_by_global_norm"),
+    ("clip_by_block_rms", "threshold", POSITIVE, "clip_by_block_rms"),
+    ("adaptive_grad_clip", "clipping", POSITIVE, "adaptive_grad_clip"),
+    ("adaptive_grad_clip", "eps", NON_NEGATIVE, "adaptive_grad_clip"),
     ("trace", "decay", RATE, "trace"),
     ("ema", "decay", RATE, "ema"),
+    ("lookahead", "slow_step_size", UNIT, "lookahead"),
+    ("ema_params", "decay", RATE, "ema_params"),
+    ("measure_with_ema", "decay", RATE, "measure_with_ema"),
     *[("scale_by_adam", arg, kind, fn) for arg, kind, fn in _ADAM[1:]],
     *[(fn, arg, kind, fn) for arg, kind, fn in _RMS],
     ("scale_by_rss", "initial_accumulator_value", NON_NEGATIVE, "scale_by_rss"),
@@ -404,7 +502,32 @@ HYPERPARAMETERS: list[tuple[str, str, str, str]] = [
     ("adagrad", "learning_rate", NON_NEGATIVE, "scale_by_learning_rate"),
     ("adagrad", "initial_accumulator_value", NON_NEGATIVE, "scale_by_rss"),
     ("adagrad", "eps", NON_NEGATIVE, "scale_by_rss"),
+    # the house rule's weight decay on the everyday optimizers, and the adaptive family
+    *[(alias, *_DECAY[0]) for alias in ("sgd", "adam", "nadam", "rmsprop", "adagrad")],
+    *[
+        (factory, arg, kind, fn)
+        for fn, args in _ADAPTIVE.items()
+        for factory in (fn, *_ADAPTIVE_ALIASES[fn])
+        for arg, kind in args
+        if arg not in _ALIAS_SKIPS.get(factory, ())
+    ],
+    *[
+        (alias, "learning_rate", NON_NEGATIVE, "scale_by_learning_rate")
+        for aliases in _ADAPTIVE_ALIASES.values()
+        for alias in aliases
+        if alias != "rprop"
+    ],
+    *[
+        (alias, *_DECAY[0])
+        for aliases in _ADAPTIVE_ALIASES.values()
+        for alias in aliases
+        if alias != "novograd"
+    ],
+    ("sign_sgd", "learning_rate", NON_NEGATIVE, "scale_by_learning_rate"),
+    ("sign_sgd", *_DECAY[0]),
     *[("inject_hyperparams(adam)", arg, kind, fn) for arg, kind, fn in _ADAM[:2]],
+    ("skip_spikes", "threshold", POSITIVE, "skip_spikes"),
+    ("skip_spikes", "decay", RATE, "skip_spikes"),
 ]
 
 

@@ -28,6 +28,7 @@ import optax
 import pytest
 
 import gradchain as gc
+from tests.test_adaptive import OPTAX_PARITY_NAMES as ADAPTIVE_PARITY_NAMES
 
 # The two libraries are bit-identical on every case here at the time of writing;
 # the bound allows for a different fusion of the same float32 arithmetic (an FMA),
@@ -224,6 +225,14 @@ TRANSFORMS: list[tuple[str, Make]] = [
     ("clip_by_global_norm-above", lambda m: m.clip_by_global_norm(1.0)),
     ("clip_by_global_norm-mixed", lambda m: m.clip_by_global_norm(25.0)),
     ("clip_by_global_norm-below", lambda m: m.clip_by_global_norm(1e4)),
+    ("clip_by_block_rms", lambda m: m.clip_by_block_rms(0.9)),
+    ("adaptive_grad_clip", lambda m: m.adaptive_grad_clip(0.5)),
+    # AGC's bound follows the params: alone, its unscaled updates walk them far, and the
+    # ulp-level differences of XLA's fusions grow past RTOL by step 90; scaled, they do not.
+    (
+        "adaptive_grad_clip-eps_then_scale",
+        lambda m: m.chain(m.adaptive_grad_clip(0.3, 0.1), m.scale(-0.01)),
+    ),
     ("masked", lambda m: m.masked(m.scale_by_adam(b2=0.99), _decay_mask)),
     (
         "chain",
@@ -237,6 +246,41 @@ TRANSFORMS: list[tuple[str, Make]] = [
     (
         "named_chain",
         lambda m: m.named_chain(("clip", m.clip(1.0)), ("rms", m.rmsprop(1e-3, momentum=0.9))),
+    ),
+    # Finite gradients here; tests/test_guards.py and test_accumulate.py test the rest.
+    ("apply_if_finite", lambda m: m.apply_if_finite(m.adam(1e-3), 2)),
+    ("apply_every", lambda m: m.chain(m.apply_every(3), m.scale(-0.1))),
+    (
+        "conditionally_transform",
+        lambda m: m.conditionally_transform(m.adam(1e-3), lambda step: step % 3 != 1),
+    ),
+    (
+        "conditionally_mask",
+        lambda m: m.conditionally_mask(m.sgd(1e-2, momentum=0.9), lambda step: step % 4 == 0),
+    ),
+    ("flatten", lambda m: m.flatten(m.adamw(_schedule(m), weight_decay=1e-2))),
+    # Parameter groups; tests/test_partition.py has more, and Flax trees.
+    (
+        "partition",
+        lambda m: m.partition(
+            {"decay": m.adamw(1e-3, weight_decay=0.1), "no_decay": m.sgd(0.05, momentum=0.9)},
+            lambda p: jax.tree.map(lambda x: "decay" if x.ndim > 1 else "no_decay", p),
+        ),
+    ),
+    (
+        "multi_transform",
+        lambda m: m.multi_transform(
+            {"a": m.adam(1e-3), "b": m.rmsprop(1e-3)}, {"layers": "a", "embed": "b", "scale": "a"}
+        ),
+    ),
+    ("freeze", lambda m: m.chain(m.freeze(_decay_mask), m.adam(1e-3))),
+    # A mask tree: Optax 0.2.8 takes a mask function for a truthy leaf and freezes everything.
+    (
+        "selective_transform",
+        lambda m: m.selective_transform(
+            m.adam(1e-3),
+            freeze_mask={"layers": [{"w": False, "b": True}], "embed": True, "scale": False},
+        ),
     ),
 ]
 CASES = [pytest.param(make, id=name) for name, make in ALIASES + TRANSFORMS]
@@ -274,7 +318,18 @@ def test_with_each_librarys_own_schedule_adam_differs_only_by_the_schedule() -> 
     np.testing.assert_allclose(ratio * lr_optax, lr_optax, rtol=1e-6, atol=1e-7 * 1e-2)
 
 
-NOT_TRANSFORMATIONS = {"apply_updates", "global_norm", "exponential_decay", "join_schedules"}
+# Functions both libraries have that are not transformations (the per-example clips
+# are compared with Optax in tests/test_clipping_more.py).
+NOT_TRANSFORMATIONS = {
+    "apply_updates",
+    "global_norm",
+    "exponential_decay",
+    "join_schedules",
+    "per_example_global_norm_clip",
+    "per_example_layer_norm_clip",
+    "skip_large_updates",  # should_skip functions: compared in tests/test_accumulate.py
+    "skip_not_finite",
+}
 
 
 def test_the_cases_cover_every_alias_and_every_transform_both_libraries_have() -> None:
@@ -283,6 +338,16 @@ def test_the_cases_cover_every_alias_and_every_transform_both_libraries_have() -
     shared = {name for name in set(gc.__all__) & set(dir(optax)) if name[0].islower()}
     builders = {n for n in shared - NOT_TRANSFORMATIONS if not n.endswith("_schedule")}
     covered = {name.split("-")[0] for name, _ in ALIASES + TRANSFORMS} | {"inject_hyperparams"}
+    covered |= ADAPTIVE_PARITY_NAMES  # compared with Optax in tests/test_adaptive.py
+    # Compared with Optax in tests/test_averaging.py, tests/test_monitoring.py and
+    # tests/test_inject_stateful.py: their updates are LookaheadParams or measurements.
+    covered |= {
+        "lookahead",
+        "snapshot",
+        "monitor",
+        "measure_with_ema",
+        "inject_stateful_hyperparams",
+    }
     assert builders <= covered, f"not compared with Optax: {sorted(builders - covered)}"
 
 
