@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
 
-from gradchain import _check, _tree
+from gradchain import _check, _keypaths, _tree
 from gradchain._base import (
     AnyTransformation,
     GradientTransformationExtraArgs,
@@ -65,8 +65,14 @@ def _full_mask(fn: str, mask: MaskOrFn, params: Params, name: str = "params") ->
             lambda m, sub: jax.tree.map(lambda _: m, sub), tree, params, is_leaf=lambda x: x is None
         )
     except (ValueError, TypeError):
-        _tree.check_same_structure(fn, "mask", tree, name, params)
-        raise
+        # Other containers with the same keys (a plain-dict mask for a Linen FrozenDict or
+        # an NNX State, whose Variables wrap the arrays) match by key; anything else fails.
+        try:
+            leaves = _keypaths.walk(fn, "mask", tree, params, _keypaths.check_mask(fn, "mask"))
+        except ValueError:
+            _tree.check_same_structure(fn, "mask", tree, name, params)
+            raise
+        return jax.tree.structure(params).unflatten([leaf.spec for leaf in leaves])
     _tree.check_same_structure(fn, "mask", full, name, params)  # a None entry in the mask
     return full
 

@@ -819,7 +819,6 @@ BAD_MASKS: dict[str, tuple[Any, str]] = {
     "missing_key": ({"bias": False, "layers": True}, "['w']"),
     "extra_key": ({**_TREE_MASK, "z": True}, "['z']"),
     "shorter_list": ({**_TREE_MASK, "layers": [True]}, "['layers'][1]"),
-    "tuple_for_list": ({**_TREE_MASK, "layers": (True, True)}, "['layers']"),
     "none_entry": ({**_TREE_MASK, "bias": None}, "['bias']"),
     "dict_for_array": ({**_TREE_MASK, "bias": {"x": True}}, "['bias']"),
     "list_for_dict": ([False, True, True], "<root>"),
@@ -841,6 +840,20 @@ def test_a_mask_of_another_structure_raises_at_init_naming_the_path(
     match = rf"^masked: the trees `mask` and `params` differ in structure at {re.escape(path)}: "
     with pytest.raises(ValueError, match=match):
         tx.init(PARAMS)
+
+
+def test_a_mask_in_other_containers_with_the_same_keys_is_matched_by_key() -> None:
+    # Masks match parameters by key, not container type, so that a plain-dict mask fits a
+    # Linen FrozenDict or an NNX State: a tuple for a list of the same length is accepted.
+    from flax.core import FrozenDict
+
+    mask = {**_TREE_MASK, "layers": (True, False)}
+    frozen = FrozenDict(PARAMS)
+    for params in (PARAMS, frozen):
+        tx = gc.masked(gc.set_to_zero(), mask)
+        updates, _ = tx.update(params, tx.init(params), params)
+        assert not jnp.any(updates["layers"][0])
+        np.testing.assert_array_equal(updates["layers"][1], params["layers"][1])
 
 
 @pytest.mark.parametrize("with_params", [True, False], ids=["params", "no_params"])

@@ -53,3 +53,15 @@ def test_linen_train_state_applies_gradients():
         state, last = step(state)
     assert float(last) < 1e-2 * float(first)
     assert float(gc.get_hyperparams(state.opt_state)["learning_rate"]) == float(jnp.float32(0.1))
+
+
+def test_nnx_optimizer_accepts_a_weight_decay_mask_built_from_the_model_state():
+    # The mask holds nnx.Param nodes where update sees plain arrays: matched by key.
+    model = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
+    mask = jax.tree.map(lambda p: p.ndim > 1, nnx.state(model, nnx.Param))
+    opt = nnx.Optimizer(model, gc.adamw(0.1, weight_decay=0.5, mask=mask), wrt=nnx.Param)
+    zero = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
+    bias, kernel = model.bias[...], model.kernel[...]
+    opt.update(model, zero)  # zero gradients: only the masked-in decay moves a weight
+    assert jnp.array_equal(model.bias[...], bias)
+    assert jnp.allclose(model.kernel[...], kernel * (1 - 0.1 * 0.5))
