@@ -184,9 +184,22 @@ class _Entry(NamedTuple):
     complement_path: tuple[Any, ...] | None  # where 1 - value is kept, for rates
 
 
+_INJECT_STATE_TYPES: list[type] = []
+
+
+def injected_state(cls: type) -> type:
+    """Registers a state type whose ``hyperparams`` dict holds injected hyperparameters.
+
+    :func:`get_hyperparams` and :func:`set_hyperparams` then read that dict
+    (Optax's ``inject_hyperparams`` layout) instead of looking inside
+    ``inner_state``, whose hyperparameters are rebuilt from it on every update.
+    """
+    _INJECT_STATE_TYPES.append(cls)
+    return cls
+
+
 def _is_inject_state(x: Any) -> bool:
-    names = ("InjectHyperparamsState", "InjectStatefulHyperparamsState")
-    return type(x).__name__ in names and hasattr(x, "inner_state")
+    return isinstance(x, tuple(_INJECT_STATE_TYPES))
 
 
 def _entries(state: Any) -> list[tuple[tuple[Any, ...], _Entry]]:

@@ -32,6 +32,7 @@ from gradchain._base import (
     Updates,
     call_update,
 )
+from gradchain._hyperparams import injected_state
 from gradchain._wrappers import _sync_hparams
 
 
@@ -101,6 +102,7 @@ def _is_stateful(v: Any) -> bool:
     )
 
 
+@injected_state
 class InjectStatefulHyperparamsState(NamedTuple):
     """State of a transformation built by :func:`inject_stateful_hyperparams`.
 

@@ -22,7 +22,7 @@ from gradchain._base import (
     call_update,
     check_transformation,
 )
-from gradchain._hyperparams import Hyperparams
+from gradchain._hyperparams import Hyperparams, injected_state
 
 
 class MaskedNode(NamedTuple):
@@ -138,6 +138,7 @@ def masked(inner: AnyTransformation, mask: MaskOrFn) -> GradientTransformationEx
     return GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+@injected_state
 class InjectHyperparamsState(NamedTuple):
     """State of a transformation built by :func:`inject_hyperparams`.
 
