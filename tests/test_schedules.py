@@ -15,10 +15,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import gradchain as gc
+from tests.test_schedules_more import CASES as MORE_CASES
+from tests.test_schedules_more import Ref as MoreRef
+from tests.test_schedules_more import _optax_values
 
 # Every step from 0 to 300 (so every boundary used below), and two far ones.
 STEPS = np.concatenate([np.arange(301), [1000, 5000]]).astype(np.int32)
@@ -194,20 +196,23 @@ CASES: list[tuple[str, Make, bool]] = [
     ("join_three", _join_three, True),
     ("join_equal_boundaries", _join_equal_boundaries, True),
 ]
-IDS = [c[0] for c in CASES]
-MAKES = [c[1] for c in CASES]
-OPTAX_MAKES = [pytest.param(c[1], id=c[0]) for c in CASES if c[2]]
 
 
-def _optax_values(make: Make, steps: np.ndarray) -> np.ndarray:
-    with jax.numpy_dtype_promotion("standard"):  # Optax mixes int32 steps with Python floats
-        return np.asarray(make(optax)(jnp.asarray(steps)))
+class AllRef(Ref, MoreRef):
+    """This module's references and tests/test_schedules_more.py's, in one namespace."""
 
 
-@pytest.mark.parametrize("make", MAKES, ids=IDS)
+# The shared properties below run over the schedules of both modules.
+ALL_CASES = [*CASES, *MORE_CASES]
+ALL_IDS = [c[0] for c in ALL_CASES]
+ALL_MAKES = [c[1] for c in ALL_CASES]
+OPTAX_MAKES = [pytest.param(c[1], id=c[0]) for c in ALL_CASES if c[2]]
+
+
+@pytest.mark.parametrize("make", ALL_MAKES, ids=ALL_IDS)
 def test_schedule_matches_its_formula_in_float64(make: Make) -> None:
     got = np.asarray(make(gc)(jnp.asarray(STEPS)))
-    np.testing.assert_allclose(got, make(Ref)(STEPS.astype(np.float64)), rtol=1e-6, atol=0)
+    np.testing.assert_allclose(got, make(AllRef)(STEPS.astype(np.float64)), rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("make", OPTAX_MAKES)
@@ -217,7 +222,7 @@ def test_schedule_matches_optax_at_every_step(make: Make) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7 * np.max(np.abs(want)))
 
 
-@pytest.mark.parametrize("make", MAKES, ids=IDS)
+@pytest.mark.parametrize("make", ALL_MAKES, ids=ALL_IDS)
 def test_schedule_gives_the_same_values_under_jit_vmap_and_for_python_ints(make: Make) -> None:
     schedule = make(gc)
     eager = np.asarray(schedule(jnp.asarray(STEPS)))
@@ -231,7 +236,7 @@ def test_schedule_gives_the_same_values_under_jit_vmap_and_for_python_ints(make:
 
 
 def test_schedules_run_inside_lax_scan_with_an_int32_counter() -> None:
-    schedules = [make(gc) for make in MAKES]
+    schedules = [make(gc) for make in ALL_MAKES]
 
     def body(step: jax.Array, _: None) -> tuple[jax.Array, jax.Array]:
         return step + 1, jnp.stack([s(step) for s in schedules])

@@ -262,9 +262,6 @@ CASES: list[tuple[str, Make, bool]] = [
     ("cyclic_exp", lambda m: m.cyclic_schedule(0.0, 1.0, 25, "exp_range", 0.999), False),
     ("cyclic_inverted", lambda m: m.cyclic_schedule(1.0, 0.2, 7), False),
 ]
-IDS = [c[0] for c in CASES]
-MAKES = [c[1] for c in CASES]
-OPTAX_MAKES = [pytest.param(c[1], id=c[0]) for c in CASES if c[2]]
 
 
 def _optax_values(make: Make, steps: np.ndarray) -> np.ndarray:
@@ -273,41 +270,8 @@ def _optax_values(make: Make, steps: np.ndarray) -> np.ndarray:
         return np.asarray(jax.vmap(make(optax))(jnp.asarray(steps)))
 
 
-@pytest.mark.parametrize("make", MAKES, ids=IDS)
-def test_schedule_matches_its_formula_in_float64(make: Make) -> None:
-    got = np.asarray(make(gc)(jnp.asarray(STEPS)))
-    np.testing.assert_allclose(got, make(Ref)(STEPS.astype(np.float64)), rtol=1e-6, atol=0)
-
-
-@pytest.mark.parametrize("make", OPTAX_MAKES)
-def test_schedule_matches_optax_at_every_step(make: Make) -> None:
-    got, want = np.asarray(make(gc)(jnp.asarray(STEPS))), _optax_values(make, STEPS)
-    # atol relative to the schedule's scale: near 0, Optax's 1 - t/T and 1 + cos round.
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7 * np.max(np.abs(want)))
-
-
-@pytest.mark.parametrize("make", MAKES, ids=IDS)
-def test_schedule_gives_the_same_values_under_jit_vmap_and_for_python_ints(make: Make) -> None:
-    schedule = make(gc)
-    eager = np.asarray(schedule(jnp.asarray(STEPS)))
-    batched = jax.jit(jax.vmap(schedule))(jnp.asarray(STEPS))
-    assert batched.dtype == jnp.result_type(float) and batched.shape == STEPS.shape
-    np.testing.assert_allclose(np.asarray(batched), eager, rtol=1e-6, atol=1e-7)
-    for t in (0, 10, 100, 5000):
-        value = schedule(t)
-        assert value.dtype == jnp.result_type(float) and value.shape == ()
-        assert float(value) == pytest.approx(eager[list(STEPS).index(t)], rel=1e-6, abs=1e-7)
-
-
-def test_schedules_run_inside_lax_scan_with_an_int32_counter() -> None:
-    schedules = [make(gc) for make in MAKES]
-
-    def body(step: jax.Array, _: None) -> tuple[jax.Array, jax.Array]:
-        return step + 1, jnp.stack([s(step) for s in schedules])
-
-    _, scanned = jax.jit(lambda: jax.lax.scan(body, jnp.zeros([], jnp.int32), length=301))()
-    direct = np.stack([np.asarray(s(jnp.arange(301, dtype=jnp.int32))) for s in schedules], 1)
-    np.testing.assert_allclose(np.asarray(scanned), direct, rtol=1e-6, atol=1e-7)
+# The four properties every schedule shares (its formula in float64, Optax at every step,
+# jit/vmap/Python ints, lax.scan) run over CASES from tests/test_schedules.py.
 
 
 def test_traced_values_pass_the_checks_and_can_be_swept_with_vmap() -> None:
