@@ -49,9 +49,14 @@ RTOL_NOVOGRAD = 1e-5
 STEPS = 100
 
 
-def _problem() -> tuple[Any, Any]:
-    """Float32 parameters and STEPS stacked gradients; the embedding's gradient is sparse."""
-    rng = np.random.default_rng(7)
+def parity_problem(seed: int) -> tuple[Any, Any]:
+    """Float32 parameters and STEPS stacked gradients on a nested dict/list pytree.
+
+    The embedding's gradient is sparse (rows not looked up get exact zeros), which
+    reaches Adagrad's zero-accumulator branch; the scalar is a large-scale leaf.
+    Shared with tests/test_optax_parity.py, which draws it with another seed.
+    """
+    rng = np.random.default_rng(seed)
     shapes = {"layers": [{"w": (5, 3), "b": (3,)}], "embed": (7, 4), "scale": ()}
     is_shape = lambda x: isinstance(x, tuple)  # noqa: E731
     params = jax.tree.map(lambda s: rng.normal(size=s).astype(np.float32), shapes, is_leaf=is_shape)
@@ -63,11 +68,11 @@ def _problem() -> tuple[Any, Any]:
     return params, grads
 
 
-PARAMS, GRADS = _problem()
+PARAMS, GRADS = parity_problem(7)
 
 
-def _decay_mask(params: Any) -> Any:
-    """Decay matrices only: the usual mask, as a function of the parameters."""
+def decay_mask(params: Any) -> Any:
+    """Decay matrices only, not biases or scalars: the usual AdamW mask, as a function."""
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
@@ -150,7 +155,7 @@ def assert_runs_agree(make_gc: Any, make_optax: Any, rtol: float = RTOL) -> None
 
 
 Make = Callable[[Any], Any]
-M = _decay_mask
+M = decay_mask
 S = _schedule
 # (id, make(lib)): the same call builds both libraries' transformation.
 SAME_CALL: list[tuple[str, Make]] = [
@@ -1061,7 +1066,7 @@ def _with_weight_decay(make: Make, weight_decay: Any, mask: Any = None) -> Any:
 
 def test_a_weight_decay_may_follow_a_schedule_and_a_mask() -> None:
     schedule = gc.linear_schedule(0.5, 0.0, 10)
-    tx = gc.radam(1e-3, weight_decay=schedule, mask=_decay_mask)
+    tx = gc.radam(1e-3, weight_decay=schedule, mask=decay_mask)
     state = tx.init(PARAMS)
     grads = jax.tree.map(lambda g: g[0], GRADS)
     for _ in range(3):
@@ -1081,7 +1086,7 @@ def test_a_weight_decay_may_follow_a_schedule_and_a_mask() -> None:
 def test_a_mask_without_a_weight_decay_is_refused_naming_the_alias(name: str) -> None:
     args = (0.1,)
     with pytest.raises(ValueError, match=rf"^{name}: `mask` selects .* `weight_decay` is None"):
-        getattr(gc, name)(*args, mask=_decay_mask)
+        getattr(gc, name)(*args, mask=decay_mask)
 
 
 # --- 5. Choices, and mistakes refused ---------------------------------------------------------

@@ -29,6 +29,7 @@ import pytest
 
 import gradchain as gc
 from tests.test_adaptive import OPTAX_PARITY_NAMES as ADAPTIVE_PARITY_NAMES
+from tests.test_adaptive import decay_mask, parity_problem
 
 # The two libraries are bit-identical on every case here at the time of writing;
 # the bound allows for a different fusion of the same float32 arithmetic (an FMA),
@@ -38,30 +39,7 @@ ATOL_FRACTION = 1e-7
 STEPS = 100
 
 
-def _problem() -> tuple[Any, Any]:
-    """Float32 parameters and STEPS stacked gradients on a nested dict/list pytree.
-
-    The embedding's gradient is sparse (rows not looked up get exact zeros), which
-    reaches the zero-accumulator branch of Adagrad; the scalar is a large-scale leaf.
-    """
-    rng = np.random.default_rng(1)
-    shapes = {"layers": [{"w": (5, 3), "b": (3,)}], "embed": (7, 4), "scale": ()}
-    is_shape = lambda x: isinstance(x, tuple)  # noqa: E731
-    params = jax.tree.map(lambda s: rng.normal(size=s).astype(np.float32), shapes, is_leaf=is_shape)
-    grads = jax.tree.map(
-        lambda s: rng.normal(size=(STEPS, *s)).astype(np.float32), shapes, is_leaf=is_shape
-    )
-    grads["embed"] *= rng.random((STEPS, 7, 1)) < 0.3
-    grads["scale"] *= np.float32(20.0)
-    return params, grads
-
-
-PARAMS, GRADS = _problem()
-
-
-def _decay_mask(params: Any) -> Any:
-    """Decay matrices only, not biases or scalars: the usual AdamW mask, as a function."""
-    return jax.tree.map(lambda p: p.ndim > 1, params)
+PARAMS, GRADS = parity_problem(1)
 
 
 def _schedule(lib: Any) -> Any:
@@ -172,12 +150,12 @@ ALIASES: list[tuple[str, Make]] = [
     ("adam-nesterov", lambda m: m.adam(1e-3, nesterov=True)),
     ("adam-schedule", lambda m: m.adam(S(m))),
     ("adamw", lambda m: m.adamw(1e-3)),
-    ("adamw-mask", lambda m: m.adamw(3e-3, weight_decay=0.1, mask=_decay_mask)),
+    ("adamw-mask", lambda m: m.adamw(3e-3, weight_decay=0.1, mask=decay_mask)),
     ("adamw-schedule", lambda m: m.adamw(S(m), b1=0.95, b2=0.99, weight_decay=0.05)),
     ("nadam", lambda m: m.nadam(1e-3)),
     ("nadam-schedule", lambda m: m.nadam(S(m), b2=0.99, eps=1e-7)),
     ("nadamw", lambda m: m.nadamw(1e-3, weight_decay=0.01)),
-    ("nadamw-mask_schedule", lambda m: m.nadamw(S(m), weight_decay=0.1, mask=_decay_mask)),
+    ("nadamw-mask_schedule", lambda m: m.nadamw(S(m), weight_decay=0.1, mask=decay_mask)),
     ("rmsprop", lambda m: m.rmsprop(1e-3)),
     ("rmsprop-centered", lambda m: m.rmsprop(1e-3, decay=0.95, eps=1e-6, centered=True)),
     ("rmsprop-momentum", lambda m: m.rmsprop(1e-3, momentum=0.9)),
@@ -220,7 +198,7 @@ TRANSFORMS: list[tuple[str, Make]] = [
     ("scale_by_rss", lambda m: m.scale_by_rss()),
     ("scale_by_rss-zero_accumulator", lambda m: m.scale_by_rss(0.0, 0.0)),
     ("add_decayed_weights", lambda m: m.add_decayed_weights(1e-2)),
-    ("add_decayed_weights-mask", lambda m: m.add_decayed_weights(0.1, _decay_mask)),
+    ("add_decayed_weights-mask", lambda m: m.add_decayed_weights(0.1, decay_mask)),
     ("clip", lambda m: m.clip(0.5)),
     ("clip_by_global_norm-above", lambda m: m.clip_by_global_norm(1.0)),
     ("clip_by_global_norm-mixed", lambda m: m.clip_by_global_norm(25.0)),
@@ -233,13 +211,13 @@ TRANSFORMS: list[tuple[str, Make]] = [
         "adaptive_grad_clip-eps_then_scale",
         lambda m: m.chain(m.adaptive_grad_clip(0.3, 0.1), m.scale(-0.01)),
     ),
-    ("masked", lambda m: m.masked(m.scale_by_adam(b2=0.99), _decay_mask)),
+    ("masked", lambda m: m.masked(m.scale_by_adam(b2=0.99), decay_mask)),
     (
         "chain",
         lambda m: m.chain(
             m.clip_by_global_norm(10.0),
             m.scale_by_adam(),
-            m.add_decayed_weights(1e-4, _decay_mask),
+            m.add_decayed_weights(1e-4, decay_mask),
             m.scale_by_learning_rate(S(m)),
         ),
     ),
@@ -273,7 +251,7 @@ TRANSFORMS: list[tuple[str, Make]] = [
             {"a": m.adam(1e-3), "b": m.rmsprop(1e-3)}, {"layers": "a", "embed": "b", "scale": "a"}
         ),
     ),
-    ("freeze", lambda m: m.chain(m.freeze(_decay_mask), m.adam(1e-3))),
+    ("freeze", lambda m: m.chain(m.freeze(decay_mask), m.adam(1e-3))),
     # A mask tree: Optax 0.2.8 takes a mask function for a truthy leaf and freezes everything.
     (
         "selective_transform",
