@@ -98,6 +98,34 @@ def on_plain_params(tx: gc.GradientTransformationExtraArgs) -> gc.GradientTransf
     return gc.GradientTransformationExtraArgs(init, update)
 
 
+def half_squared_norm(params: gc.Params) -> jax.Array:
+    """The objective that :func:`with_objective` supplies: half the squared norm, float32."""
+    leaves = [jax.numpy.asarray(p, jax.numpy.float32) for p in jax.tree.leaves(params)]
+    return 0.5 * sum((jax.numpy.sum(p * p) for p in leaves), jax.numpy.float32(0.0))
+
+
+def with_objective(tx: Any) -> gc.GradientTransformationExtraArgs:
+    """Makes a transform that needs the objective runnable by the suites.
+
+    Such a transform takes ``value=``, ``grad=`` or ``value_fn=`` in its update;
+    the suites call ``update(updates, state, params)`` only. This supplies, for the
+    given parameters, ``value_fn`` = :func:`half_squared_norm`, its ``value`` and the
+    incoming ``updates`` as ``grad``, and passes any other extra arguments on. With
+    ``params=None`` it calls ``tx.update(updates, state)`` with nothing added, so
+    that the transform itself says what it needs.
+    """
+
+    def update(
+        updates: gc.Updates, state: Any, params: gc.Params | None = None, **extra_args: Any
+    ) -> tuple[gc.Updates, Any]:
+        if params is None:
+            return tx.update(updates, state, None, **extra_args)
+        objective = dict(value=half_squared_norm(params), grad=updates, value_fn=half_squared_norm)
+        return tx.update(updates, state, params, **{**objective, **extra_args})
+
+    return gc.GradientTransformationExtraArgs(tx.init, update)
+
+
 _warmup_cosine = gc.warmup_cosine_decay_schedule(0.0, 1e-2, 3, 10)
 
 CASES: tuple[Case, ...] = (

@@ -24,6 +24,17 @@ import optax
 import pytest
 
 import gradchain as gc
+from tests.ranges import (
+    AT_LEAST_ONE,
+    BAD_NUMBERS,
+    BAD_TYPES,
+    FINITE,
+    NON_NEGATIVE,
+    POSITIVE,
+    RATE,
+    UNIT,
+    VALID,
+)
 from tests.registry import CASES, Case, on_plain_params
 
 PARAMS = {
@@ -337,22 +348,6 @@ def test_inject_hyperparams_refuses_another_optimizers_inner_state() -> None:
 
 # 5. Hyperparameters at construction.
 
-RATE, NON_NEGATIVE, POSITIVE, FINITE = "in [0, 1)", "in [0, inf)", "in (0, inf)", "in (-inf, inf)"
-UNIT = "in (0, 1]"  # a step towards a target, e.g. lookahead's slow_step_size
-BAD_NUMBERS: dict[str, tuple[Any, ...]] = {
-    RATE: (-0.1, 1.0, 1.5, math.nan, math.inf, np.float32(-0.5), jnp.asarray(1.0)),
-    NON_NEGATIVE: (-1e-3, -math.inf, math.nan, math.inf, np.float64(-1.0), jnp.asarray(-1.0)),
-    POSITIVE: (0.0, -1.0, math.nan, math.inf, jnp.asarray(0.0)),
-    FINITE: (math.nan, math.inf, -math.inf, jnp.asarray(math.nan)),
-    UNIT: (0.0, -0.5, 1.5, math.nan, math.inf, jnp.asarray(0.0)),
-}
-BAD_TYPES: tuple[Any, ...] = ("0.1", [0.1], True, 1j, jnp.ones(2), None)
-VALID = {RATE: 0.5, NON_NEGATIVE: 0.1, POSITIVE: 1.0, FINITE: -0.5}
-VALID[UNIT] = 0.5
-AT_LEAST_ONE = "in [1, inf)"  # a growth factor, e.g. scale_by_rprop's eta_plus
-BAD_NUMBERS[AT_LEAST_ONE] = (0.5, 0.0, -1.0, math.nan, math.inf, jnp.asarray(0.9))
-VALID[AT_LEAST_ONE] = 1.5
-
 _LR = {"learning_rate": 0.1}
 # factory name -> (builder, the arguments it needs)
 FACTORIES: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
@@ -529,6 +524,15 @@ HYPERPARAMETERS: list[tuple[str, str, str, str]] = [
     ("skip_spikes", "threshold", POSITIVE, "skip_spikes"),
     ("skip_spikes", "decay", RATE, "skip_spikes"),
 ]
+
+
+# Tables contributed by the test modules of families of transforms: each module
+# defines HYPERPARAMETERS (rows as above) and FACTORIES (name -> builder, required
+# arguments). Add a module here when it adds public factories with numeric arguments.
+CONTRIBUTING_MODULES: tuple[Any, ...] = ()
+for _module in CONTRIBUTING_MODULES:
+    HYPERPARAMETERS += _module.HYPERPARAMETERS
+    FACTORIES.update(_module.FACTORIES)
 
 
 def _build(factory: str, **kwargs: Any) -> Any:

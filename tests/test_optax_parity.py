@@ -28,7 +28,7 @@ import optax
 import pytest
 
 import gradchain as gc
-from tests.test_adaptive import OPTAX_PARITY_NAMES as ADAPTIVE_PARITY_NAMES
+from tests import test_adaptive
 from tests.test_adaptive import decay_mask, parity_problem
 
 # The two libraries are bit-identical on every case here at the time of writing;
@@ -310,13 +310,18 @@ NOT_TRANSFORMATIONS = {
 }
 
 
+# Test modules that compare families of transforms with Optax themselves.
+PARITY_MODULES: tuple[Any, ...] = (test_adaptive,)
+
+
 def test_the_cases_cover_every_alias_and_every_transform_both_libraries_have() -> None:
     aliases = {name.split("-")[0] for name, _ in ALIASES}
     assert aliases == {"sgd", "adam", "adamw", "nadam", "nadamw", "rmsprop", "adagrad"}
     shared = {name for name in set(gc.__all__) & set(dir(optax)) if name[0].islower()}
     builders = {n for n in shared - NOT_TRANSFORMATIONS if not n.endswith("_schedule")}
     covered = {name.split("-")[0] for name, _ in ALIASES + TRANSFORMS} | {"inject_hyperparams"}
-    covered |= ADAPTIVE_PARITY_NAMES  # compared with Optax in tests/test_adaptive.py
+    for module in PARITY_MODULES:  # each compares its OPTAX_PARITY_NAMES with Optax
+        covered |= module.OPTAX_PARITY_NAMES
     # Compared with Optax in tests/test_averaging.py, tests/test_monitoring.py and
     # tests/test_inject_stateful.py: their updates are LookaheadParams or measurements.
     covered |= {
