@@ -317,7 +317,8 @@ PARITY_MODULES: tuple[Any, ...] = (test_adaptive,)
 def test_the_cases_cover_every_alias_and_every_transform_both_libraries_have() -> None:
     aliases = {name.split("-")[0] for name, _ in ALIASES}
     assert aliases == {"sgd", "adam", "adamw", "nadam", "nadamw", "rmsprop", "adagrad"}
-    shared = {name for name in set(gc.__all__) & set(dir(optax)) if name[0].islower()}
+    optax_names = set(dir(optax)) | set(dir(optax.contrib))
+    shared = {name for name in set(gc.__all__) & optax_names if name[0].islower()}
     builders = {n for n in shared - NOT_TRANSFORMATIONS if not n.endswith("_schedule")}
     covered = {name.split("-")[0] for name, _ in ALIASES + TRANSFORMS} | {"inject_hyperparams"}
     for module in PARITY_MODULES:  # each compares its OPTAX_PARITY_NAMES with Optax
