@@ -49,7 +49,7 @@ def _reached(mini_step: jax.Array, k: jax.Array) -> jax.Array:
     return (mini_step + 1).astype(k.dtype) >= k
 
 
-class ApplyEveryState(NamedTuple):
+class ApplyEvery(NamedTuple):
     """State of :func:`apply_every`.
 
     Attributes:
@@ -78,7 +78,7 @@ def apply_every(k: int = 1, *, accumulator_dtype: Any | None = None) -> Gradient
         (as Optax starts). The sum of a step is computed in float32 or wider.
 
     Returns:
-      A GradientTransformation whose state is an ApplyEveryState.
+      A GradientTransformation whose state is an ApplyEvery.
 
     Raises:
       TypeError: if ``k`` is not an integer.
@@ -101,15 +101,15 @@ def apply_every(k: int = 1, *, accumulator_dtype: Any | None = None) -> Gradient
     acc_dt = _check.dtype_or_none(fn, "accumulator_dtype", accumulator_dtype)
     spec = HyperparamSpec(fn, {"k": k})
 
-    def init_fn(params: Params) -> ApplyEveryState:
+    def init_fn(params: Params) -> ApplyEvery:
         acc = _tree.zeros_like(params, acc_dt)
-        return ApplyEveryState(jnp.zeros([], jnp.int32), acc, spec.init())
+        return ApplyEvery(jnp.zeros([], jnp.int32), acc, spec.init())
 
     def update_fn(
-        updates: Updates, state: ApplyEveryState, params: Params | None = None
-    ) -> tuple[Updates, ApplyEveryState]:
+        updates: Updates, state: ApplyEvery, params: Params | None = None
+    ) -> tuple[Updates, ApplyEvery]:
         del params
-        _tree.check_state(fn, state, ApplyEveryState)
+        _tree.check_state(fn, state, ApplyEvery)
         _tree.check_matches(fn, updates, "state.grad_acc", state.grad_acc)
         n = state.mini_step
         first = n == 0
@@ -123,7 +123,7 @@ def apply_every(k: int = 1, *, accumulator_dtype: Any | None = None) -> Gradient
 
         new_updates, acc = _tree.map_leaves(leaf, 2, updates, state.grad_acc)
         mini_step = jnp.where(emit, 0, n + 1).astype(jnp.int32)
-        return new_updates, ApplyEveryState(mini_step, acc, spec.advance(state.hparams, n))
+        return new_updates, ApplyEvery(mini_step, acc, spec.advance(state.hparams, n))
 
     return GradientTransformation(init_fn, update_fn)
 

@@ -13,7 +13,14 @@ from gradchain._hyperparams import Hyperparams, hyperparam_transform
 
 
 class ClipState(NamedTuple):
-    """State of :func:`clip` and :func:`clip_by_global_norm`."""
+    """State of :func:`clip`."""
+
+    step: jax.Array  # int32[], updates seen so far (drives schedules)
+    hparams: Hyperparams
+
+
+class ClipByGlobalNormState(NamedTuple):
+    """State of :func:`clip_by_global_norm`."""
 
     step: jax.Array  # int32[], updates seen so far (drives schedules)
     hparams: Hyperparams
@@ -66,7 +73,7 @@ def clip_by_global_norm(max_norm: ScalarOrSchedule) -> GradientTransformation:
       max_norm: the bound :math:`c`, > 0.
 
     Returns:
-      A GradientTransformation whose state is a ClipState.
+      A GradientTransformation whose state is a ClipByGlobalNormState.
 
     Raises:
       ValueError: if ``max_norm`` is a non-positive, NaN or infinite number.
@@ -100,4 +107,4 @@ def clip_by_global_norm(max_norm: ScalarOrSchedule) -> GradientTransformation:
 
         return jax.tree.map(leaf, updates)
 
-    return hyperparam_transform(fn, ClipState, {"max_norm": max_norm}, apply)
+    return hyperparam_transform(fn, ClipByGlobalNormState, {"max_norm": max_norm}, apply)

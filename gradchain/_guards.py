@@ -230,18 +230,8 @@ def _statistic(fn: str, monitor: str, updates: Updates, extra_args: dict[str, An
         squares = [jnp.sum(_tree.abs_sq(x.astype(dt)).real) for x in leaves]
         total = jnp.sum(jnp.stack(squares)) if squares else jnp.zeros([], jnp.float32)
         return jnp.sqrt(total).astype(jnp.float32)
-    if "value" not in extra_args:
-        raise ValueError(
-            f"{fn} (monitor='loss'): update needs the loss; call "
-            f"`update(updates, state, params, value=loss)`, or build it with "
-            f"monitor='grad_norm' to watch the gradient norm instead."
-        )
-    loss = jnp.asarray(extra_args["value"])
-    if loss.shape != () or not jnp.issubdtype(loss.dtype, jnp.floating):
-        raise ValueError(
-            f"{fn} (monitor='loss'): `value` must be a real scalar (the loss); got an array "
-            f"{loss.dtype}{list(loss.shape)}. Pass the mean loss of the batch."
-        )
+    hint = " Or build it with monitor='grad_norm' to watch the gradient norm instead."
+    loss = _tree.objective_value(f"{fn} (monitor='loss')", extra_args.get("value"), hint)
     return loss.astype(jnp.float32)
 
 

@@ -218,7 +218,7 @@ def scale_by_rms(
     return GradientTransformation(init_fn, update_fn)
 
 
-class ScaleByStddevState(NamedTuple):
+class ScaleByRStdDevState(NamedTuple):
     """State of :func:`scale_by_stddev`."""
 
     step: jax.Array  # int32[], updates seen so far
@@ -249,7 +249,7 @@ def scale_by_stddev(
       bias_correction: whether to debias both moments.
 
     Returns:
-      A GradientTransformation whose state is a ScaleByStddevState.
+      A GradientTransformation whose state is a ScaleByRStdDevState.
 
     Raises:
       ValueError: if a number is out of range.
@@ -271,8 +271,8 @@ def scale_by_stddev(
     _check.non_negative(fn, "initial_scale", initial_scale)
     spec = HyperparamSpec(fn, dict(decay=decay, eps=eps), rates=("decay",))
 
-    def init_fn(params: Params) -> ScaleByStddevState:
-        return ScaleByStddevState(
+    def init_fn(params: Params) -> ScaleByRStdDevState:
+        return ScaleByRStdDevState(
             jnp.zeros([], jnp.int32),
             _tree.zeros_like(params),
             _tree.full_like(params, initial_scale),
@@ -280,10 +280,10 @@ def scale_by_stddev(
         )
 
     def update_fn(
-        updates: Updates, state: ScaleByStddevState, params: Params | None = None
-    ) -> tuple[Updates, ScaleByStddevState]:
+        updates: Updates, state: ScaleByRStdDevState, params: Params | None = None
+    ) -> tuple[Updates, ScaleByRStdDevState]:
         del params
-        _tree.check_state(fn, state, ScaleByStddevState)
+        _tree.check_state(fn, state, ScaleByRStdDevState)
         _tree.check_matches(fn, updates, "state.mu", state.mu)
         _tree.check_matches(fn, updates, "state.nu", state.nu)
         hp = values(state.hparams)
@@ -306,7 +306,7 @@ def scale_by_stddev(
             return out.astype(g.dtype), new_m.astype(m.dtype), new_v.astype(v.dtype)
 
         updates, mu, nu = _tree.map_leaves(leaf, 3, updates, state.mu, state.nu)
-        return updates, ScaleByStddevState(step, mu, nu, spec.advance(state.hparams, step))
+        return updates, ScaleByRStdDevState(step, mu, nu, spec.advance(state.hparams, step))
 
     return GradientTransformation(init_fn, update_fn)
 

@@ -54,6 +54,9 @@ class PartitionState(NamedTuple):
     inner_states: dict[Hashable, OptState]
 
 
+MultiTransformState = PartitionState  # Optax's older name for the same state
+
+
 def _select(full: Any, tree: Any) -> Any:
     return jax.tree.map(lambda m, x: x if m else MaskedNode(), full, tree)
 

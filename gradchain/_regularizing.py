@@ -20,7 +20,7 @@ from gradchain._hyperparams import Hyperparams, hyperparam_transform
 from gradchain._wrappers import MaskOrFn, masked
 
 
-class DecayState(NamedTuple):
+class AddDecayedWeightsState(NamedTuple):
     """State of :func:`add_decayed_weights` and :func:`add_l1_penalty`."""
 
     step: jax.Array  # int32[], updates seen so far (drives schedules)
@@ -46,7 +46,7 @@ def _add_param_term(
 
         return jax.tree.map(leaf, updates, params)
 
-    return hyperparam_transform(fn, DecayState, {name: value}, apply)
+    return hyperparam_transform(fn, AddDecayedWeightsState, {name: value}, apply)
 
 
 def _maybe_masked(tx: GradientTransformation, mask: MaskOrFn | None) -> AnyTransformation:
@@ -69,7 +69,7 @@ def add_decayed_weights(
         or a function of the parameters returning one. ``None`` decays all.
 
     Returns:
-      A GradientTransformation whose state is a DecayState (inside a
+      A GradientTransformation whose state is a AddDecayedWeightsState (inside a
       MaskedState when ``mask`` is given).
 
     Raises:
@@ -106,7 +106,7 @@ def add_l1_penalty(l1: ScalarOrSchedule = 0.0, mask: MaskOrFn | None = None) -> 
       mask: where to apply it, as in :func:`add_decayed_weights`.
 
     Returns:
-      A GradientTransformation whose state is a DecayState (inside a
+      A GradientTransformation whose state is a AddDecayedWeightsState (inside a
       MaskedState when ``mask`` is given).
 
     Raises:

@@ -6,7 +6,7 @@ can be read and changed between steps.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 
@@ -16,7 +16,7 @@ from gradchain._hyperparams import Hyperparams, hyperparam_transform
 
 
 class ScaleState(NamedTuple):
-    """State of :func:`scale`, :func:`scale_by_learning_rate` and :func:`scale_by_schedule`."""
+    """State of :func:`scale` and :func:`scale_by_learning_rate`."""
 
     step: jax.Array  # int32[], updates seen so far (drives schedules)
     hparams: Hyperparams
@@ -32,14 +32,27 @@ def scale_tree(updates: Updates, factor: jax.Array) -> Updates:
     return jax.tree.map(leaf, updates)
 
 
-def _scaling(fn: str, name: str, value: ScalarOrSchedule, sign: float) -> GradientTransformation:
+class ScaleByScheduleState(NamedTuple):
+    """State of :func:`scale_by_schedule`."""
+
+    step: jax.Array  # int32[], updates seen so far
+    hparams: Hyperparams  # step_size, following the schedule
+
+
+def _scaling(
+    fn: str,
+    name: str,
+    value: ScalarOrSchedule,
+    sign: float,
+    state_type: type[Any] = ScaleState,
+) -> GradientTransformation:
     """A transform multiplying updates by ``sign * hparams[name]``."""
 
     def apply(updates: Updates, params: Params | None, hp: dict[str, jax.Array]) -> Updates:
         del params
         return scale_tree(updates, -hp[name] if sign < 0 else hp[name])
 
-    return hyperparam_transform(fn, ScaleState, {name: value}, apply)
+    return hyperparam_transform(fn, state_type, {name: value}, apply)
 
 
 def scale(step_size: ScalarOrSchedule) -> GradientTransformation:
@@ -110,7 +123,7 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
       step_size_fn: a schedule: a function from an int32 step to a scalar.
 
     Returns:
-      A GradientTransformation whose state is a ScaleState.
+      A GradientTransformation whose state is a ScaleByScheduleState.
 
     Raises:
       TypeError: if ``step_size_fn`` is not callable.
@@ -130,4 +143,4 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
             f"scale_by_schedule: `step_size_fn` must be a function of the step; got "
             f"{type(step_size_fn).__name__} {step_size_fn!r:.60}. For a fixed factor use scale()."
         )
-    return _scaling("scale_by_schedule", "step_size", step_size_fn, 1.0)
+    return _scaling("scale_by_schedule", "step_size", step_size_fn, 1.0, ScaleByScheduleState)

@@ -23,6 +23,7 @@ from gradchain._base import (
     Params,
     ScalarOrSchedule,
     Updates,
+    _init_empty,
 )
 from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
 
@@ -128,11 +129,6 @@ def scale_by_lion(
         return updates, ScaleByLionState(step, mu, spec.advance(state.hparams, step))
 
     return GradientTransformation(init_fn, update_fn)
-
-
-def _init_empty(params: Params) -> EmptyState:
-    del params
-    return EmptyState()
 
 
 def scale_by_sign() -> GradientTransformation:

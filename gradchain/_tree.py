@@ -13,8 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_INT32_MAX = np.iinfo(np.int32).max
-
 
 def keystr(path: tuple[Any, ...]) -> str:
     """Renders a key path the way users index the tree, or ``<root>`` when empty."""
@@ -122,9 +120,64 @@ def require_params(fn: str, params: Any) -> None:
         )
 
 
+def objective_value(fn: str, value: Any, hint: str = "") -> jax.Array:
+    """The ``value=`` extra argument (the loss) as a real scalar of at least float32.
+
+    Args:
+      fn: the public transform that needs it, named in errors.
+      value: what the caller passed as ``value=`` (None when nothing was).
+      hint: a sentence appended to the error for a missing value.
+
+    Raises:
+      ValueError: if ``value`` is missing or not a scalar.
+      TypeError: if it is not a real number.
+    """
+    if value is None:
+        raise ValueError(
+            f"{fn}: update needs `value=`, the objective (the loss) at the current "
+            f"parameters, and got none. Call `update(grads, state, params, value=loss)`, e.g. "
+            f"with `loss, grads = jax.value_and_grad(loss_fn)(params)`; inside a chain, pass "
+            f"`value=` to the chain's update, which hands it to every member that takes it."
+            f"{hint}"
+        )
+    try:
+        out = jnp.asarray(value)
+    except TypeError as err:
+        raise TypeError(
+            f"{fn}: `value` must be the objective's value, a real scalar; got "
+            f"{type(value).__name__} {value!r:.80}."
+        ) from err
+    if not any(jnp.issubdtype(out.dtype, k) for k in (jnp.floating, jnp.integer)):
+        raise TypeError(
+            f"{fn}: `value` must be the objective's value, a real scalar; got an array of "
+            f"dtype {out.dtype}."
+        )
+    if out.shape != ():
+        raise ValueError(
+            f"{fn}: `value` must be a scalar, the objective at the current parameters; got "
+            f"shape {out.shape}. Reduce the loss (e.g. its mean over the batch) before "
+            f"passing it."
+        )
+    return out.astype(compute_dtype(out.dtype))
+
+
 def safe_increment(step: jax.Array) -> jax.Array:
-    """Adds one to an int32 counter, saturating at the int32 maximum instead of wrapping."""
-    return jnp.where(step < _INT32_MAX, step + 1, _INT32_MAX).astype(step.dtype)
+    """Adds one to a counter, saturating at its dtype's maximum instead of wrapping.
+
+    The counters of gradchain's states are int32, which saturate at 2**31 - 1;
+    other integer and float counters saturate at their own dtype's maximum.
+    """
+    dt = step.dtype
+    if jnp.issubdtype(dt, jnp.integer):
+        top = np.iinfo(dt).max
+    elif jnp.issubdtype(dt, jnp.floating):
+        top = np.finfo(dt).max
+    else:
+        raise TypeError(
+            f"safe_increment: the counter must have an integer or floating dtype; got {dt}."
+        )
+    top = jnp.asarray(top, dt)
+    return jnp.where(step < top, step + jnp.ones([], dt), top)
 
 
 def compute_dtype(*dtypes: Any) -> Any:

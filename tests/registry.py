@@ -58,6 +58,12 @@ def _param_groups() -> gc.GradientTransformationExtraArgs:
     )
 
 
+def _stacked_matrices(params: gc.Params) -> gc.Params:
+    """Muon's dimension numbers: the last two axes of every leaf of rank >= 2 form a matrix."""
+    dims = gc.MuonDimensionNumbers(-2, -1)
+    return jax.tree.map(lambda p: dims if len(p.shape) >= 2 else None, params)
+
+
 def _count_nonfinite(updates: gc.Updates) -> Any:
     """A measure for monitor: how many entries are NaN or infinite."""
     return sum(jax.numpy.sum(~jax.numpy.isfinite(u)) for u in jax.tree.leaves(updates))
@@ -122,6 +128,49 @@ def with_objective(tx: Any) -> gc.GradientTransformationExtraArgs:
             return tx.update(updates, state, None, **extra_args)
         objective = dict(value=half_squared_norm(params), grad=updates, value_fn=half_squared_norm)
         return tx.update(updates, state, params, **{**objective, **extra_args})
+
+    return gc.GradientTransformationExtraArgs(tx.init, update)
+
+
+def _half_squared_norm_grad(params: gc.Params, i: int) -> gc.Updates:
+    """SAM's opaque-mode ``grad_fn(params, i)``: the gradient of :func:`half_squared_norm`."""
+    del i
+    return jax.grad(half_squared_norm)(params)
+
+
+def with_fn(name: str, tx: Any) -> gc.GradientTransformationExtraArgs:
+    """Supplies Optax's function-valued extra argument ``name`` (tests/test_sophia.py, test_sam.py).
+
+    ``obj_fn`` (Sophia, Hutchinson's estimator) is :func:`half_squared_norm`;
+    ``grad_fn`` (SAM's opaque mode) its gradient. With ``params=None`` nothing is
+    added, so that the transform itself says what it needs.
+    """
+    fns = {"obj_fn": half_squared_norm, "grad_fn": _half_squared_norm_grad}
+
+    def update(
+        updates: gc.Updates, state: Any, params: gc.Params | None = None, **extra_args: Any
+    ) -> tuple[gc.Updates, Any]:
+        if params is None:
+            return tx.update(updates, state, None, **extra_args)
+        return tx.update(updates, state, params, **{name: fns[name], **extra_args})
+
+    return gc.GradientTransformationExtraArgs(tx.init, update)
+
+
+def on_example_batches(tx: Any) -> gc.GradientTransformationExtraArgs:
+    """Makes a transform of per-example gradients (DP-SGD) runnable by the suites.
+
+    Such a transform takes every leaf with a batch axis in front and returns it
+    without; this hands it a batch of three examples made from each update
+    (``g``, ``-g / 2``, ``2 g``), so that its updates have the update's shape.
+    """
+    inner = gc.with_extra_args_support(tx)
+
+    def update(
+        updates: gc.Updates, state: Any, params: gc.Params | None = None, **extra_args: Any
+    ) -> tuple[gc.Updates, Any]:
+        batch = jax.tree.map(lambda g: jax.numpy.stack([g, -0.5 * g, 2 * g]), updates)
+        return inner.update(batch, state, params, **extra_args)
 
     return gc.GradientTransformationExtraArgs(tx.init, update)
 
@@ -249,6 +298,52 @@ CASES: tuple[Case, ...] = (
     Case("lion", lambda: gc.lion(1e-4)),
     Case("sign_sgd", lambda: gc.sign_sgd(1e-3)),
     Case("rprop", lambda: gc.rprop(1e-3)),
+    # _factored, _sm3, _optimizers_factored (min_dim_size_to_factor=2 factors the suites' matrices)
+    Case("scale_by_factored_rms", lambda: gc.scale_by_factored_rms(min_dim_size_to_factor=2)),
+    Case(
+        "adafactor",
+        lambda: gc.adafactor(1e-2, 2, momentum=0.9, weight_decay_rate=1e-3),
+    ),
+    Case("scale_by_sm3", gc.scale_by_sm3),
+    Case("sm3", lambda: gc.sm3(1e-2)),
+    # _trust, _elementwise, _optimizers_trust
+    Case("scale_by_trust_ratio", lambda: gc.scale_by_trust_ratio(1e-6, 0.5, 1e-8)),
+    Case("scale_by_param_block_norm", gc.scale_by_param_block_norm),
+    Case("scale_by_param_block_rms", lambda: gc.scale_by_param_block_rms(_warmup_cosine)),
+    Case("normalize_by_update_norm", lambda: gc.normalize_by_update_norm(-1.0)),
+    Case("normalize", gc.normalize),
+    Case("centralize", gc.centralize),
+    Case("add_noise", lambda: gc.add_noise(0.01, 0.55, key=0)),
+    Case("keep_params_nonnegative", gc.keep_params_nonnegative),
+    Case("zero_nans", gc.zero_nans),
+    Case("lamb", lambda: gc.lamb(1e-3, weight_decay=1e-2, mask=_not_first_leaf)),
+    Case(
+        "lars",
+        lambda: gc.lars(
+            0.1, 1e-4, _not_first_leaf, trust_ratio_mask=_not_first_leaf, nesterov=True
+        ),
+    ),
+    Case("fromage", lambda: gc.fromage(_warmup_cosine)),
+    Case("noisy_sgd", lambda: gc.noisy_sgd(1e-2, key=0)),
+    Case("signum", lambda: gc.signum(1e-3, weight_decay=1e-3, mask=_not_first_leaf)),
+    # _polyak, _optimistic, _dog, _optimizers_value (Polyak's takes value=: with_objective)
+    Case("scale_by_polyak", lambda: with_objective(gc.scale_by_polyak())),
+    Case(
+        "polyak_sgd", lambda: with_objective(gc.polyak_sgd(scaling=_warmup_cosine, variant="sps+"))
+    ),
+    Case("scale_by_optimistic_gradient", gc.scale_by_optimistic_gradient),
+    Case("optimistic_gradient_descent", lambda: gc.optimistic_gradient_descent(1e-2)),
+    Case("optimistic_adam_v2", lambda: gc.optimistic_adam_v2(_warmup_cosine, weight_decay=1e-2)),
+    Case("scale_by_distance_over_gradients", gc.scale_by_distance_over_gradients),
+    Case("scale_by_dog", gc.scale_by_dog),
+    Case("scale_by_dowg", gc.scale_by_dowg),
+    Case("dog", gc.dog),
+    Case("dowg", lambda: gc.dowg(weight_decay=1e-2, mask=_not_first_leaf)),
+    # _muon, _galore (stacked leaves (L, m, n) are L matrices; vectors and scalars: momentum only)
+    Case("scale_by_muon", lambda: gc.scale_by_muon(weight_dimension_numbers=_stacked_matrices)),
+    Case("muon", lambda: gc.muon(_warmup_cosine, weight_decay=1e-2, consistent_rms=0.2)),
+    Case("scale_by_galore", lambda: gc.scale_by_galore(rank=2, update_proj_gap=2)),
+    Case("galore", lambda: gc.galore(1e-2, rank=2, update_proj_gap=2, weight_decay=1e-3)),
     # _guards and _accumulate
     Case("apply_if_finite", lambda: gc.apply_if_finite(gc.adam(1e-3), 2)),
     Case("skip_spikes", lambda: gc.skip_spikes(gc.adam(1e-3), warmup=2, threshold=1.0)),
@@ -309,6 +404,64 @@ CASES: tuple[Case, ...] = (
             learning_rate=gc.WrappedSchedule(_warmup_cosine), b1=0.8
         ),
     ),
+    # _linesearch, _zoom, _lbfgs: the suites call update without the objective; with_objective
+    # supplies it (half the squared norm of the params)
+    Case(
+        "scale_by_backtracking_linesearch",
+        lambda: with_objective(gc.scale_by_backtracking_linesearch(4, store_grad=True)),
+    ),
+    Case("scale_by_zoom_linesearch", lambda: with_objective(gc.scale_by_zoom_linesearch(4))),
+    Case("scale_by_lbfgs", lambda: gc.scale_by_lbfgs(memory_size=3)),
+    Case("lbfgs", lambda: with_objective(gc.lbfgs(memory_size=3))),
+    # _ademamix, _contrib_moments
+    Case("scale_by_ademamix", lambda: gc.scale_by_ademamix(alpha=_warmup_cosine)),
+    Case("ademamix", lambda: gc.ademamix(1e-3, mu_dtype="bfloat16", mask=_not_first_leaf)),
+    Case("scale_by_simplified_ademamix", gc.scale_by_simplified_ademamix),
+    Case("simplified_ademamix", lambda: gc.simplified_ademamix(_warmup_cosine, alpha=1.0)),
+    Case("scale_by_adopt", lambda: gc.scale_by_adopt(nesterov=True)),
+    Case("adopt", lambda: gc.adopt(1e-3, weight_decay=1e-2)),
+    Case("scale_by_acprop", gc.scale_by_acprop),
+    Case("acprop", lambda: gc.acprop(1e-3, weight_decay=1e-2)),
+    Case("scale_by_madgrad", lambda: gc.scale_by_madgrad(_warmup_cosine)),
+    Case("madgrad", lambda: gc.madgrad(1e-2, weight_decay=1e-3)),
+    Case("reduce_on_plateau", lambda: with_objective(gc.reduce_on_plateau(0.5, patience=1))),
+    Case("split_real_and_imaginary", lambda: gc.split_real_and_imaginary(gc.adam(1e-3))),
+    Case(
+        "differentially_private_aggregate",
+        lambda: on_example_batches(
+            gc.differentially_private_aggregate(1.0, 0.5, key=jax.random.key(0))
+        ),
+    ),
+    Case("dpsgd", lambda: on_example_batches(gc.dpsgd(0.1, 1.0, 0.5, seed=1, momentum=0.9))),
+    # _lr_free, _cocob, _mechanic, _momo
+    Case("prodigy", lambda: gc.prodigy(_warmup_cosine, weight_decay=1e-2, mask=_not_first_leaf)),
+    Case("dadapt_adamw", lambda: gc.dadapt_adamw(weight_decay=1e-2)),
+    Case("scale_by_cocob", gc.scale_by_cocob),
+    Case("cocob", lambda: gc.cocob(_warmup_cosine, weight_decay=1e-2, mask=_not_first_leaf)),
+    Case("mechanize", lambda: gc.mechanize(gc.adam(1.0), num_betas=3)),
+    Case("momo", lambda: with_objective(gc.momo(_warmup_cosine, 0.9, 0.0, 1e-2, True))),
+    Case(
+        "momo_adam", lambda: with_objective(gc.momo_adam(weight_decay=1e-2, mask=_not_first_leaf))
+    ),
+    # _sophia, _sam, _schedule_free
+    Case(
+        "hutchinson_estimator_diag_hessian",
+        lambda: with_fn("obj_fn", gc.hutchinson_estimator_diag_hessian(jax.random.key(1))),
+    ),
+    Case("sophia", lambda: with_fn("obj_fn", gc.sophia(_warmup_cosine, update_interval=2))),
+    Case("sam", lambda: gc.sam(gc.adam(1e-3), gc.sgd(0.05, momentum=0.9), sync_period=3)),
+    Case(
+        "sam",
+        lambda: with_fn(
+            "grad_fn", gc.sam(gc.sgd(0.1), gc.sgd(0.05), reset_state=False, opaque_mode=True)
+        ),
+        "opaque",
+    ),
+    Case(
+        "schedule_free", lambda: gc.schedule_free(gc.adam(_warmup_cosine, b1=0.0), _warmup_cosine)
+    ),
+    Case("schedule_free_sgd", lambda: gc.schedule_free_sgd(0.1, warmup_steps=2, weight_decay=1e-2)),
+    Case("schedule_free_adamw", lambda: gc.schedule_free_adamw(1e-2, state_dtype="float32")),
 )
 
 NAMES = frozenset(case.name for case in CASES)
@@ -322,11 +475,30 @@ HELPERS = frozenset(
         "get_hyperparams",
         "get_telemetry",
         "global_norm",
+        "matrix_inverse_pth_root",  # gradchain/_linalg.py (tests/test_muon.py)
+        "microbatch",  # gradchain/_microbatch.py (a function transformation, not a transform)
+        "muon_routing",  # gradchain/_muon.py
+        "power_iteration",  # gradchain/_linalg.py (tests/test_muon.py)
+        "schedule_free_eval_params",  # gradchain/_schedule_free.py
+        "bias_correction",  # gradchain/_utilities.py
+        "incremental_update",  # gradchain/_utilities.py
+        "init_empty_state",  # gradchain/_utilities.py
+        "periodic_update",  # gradchain/_utilities.py
+        "safe_increment",  # gradchain/_utilities.py
+        "safe_int32_increment",  # gradchain/_utilities.py
+        "safe_norm",  # gradchain/_utilities.py
+        "safe_root_mean_squares",  # gradchain/_utilities.py
+        "tree_map_params",  # gradchain/_utilities.py
+        "update_infinity_moment",  # gradchain/_utilities.py
+        "update_moment",  # gradchain/_utilities.py
+        "update_moment_per_elem_norm",  # gradchain/_utilities.py
         "per_example_global_norm_clip",
         "per_example_layer_norm_clip",
+        "scale_gradient",
         "set_hyperparams",
         "skip_large_updates",
         "skip_not_finite",
+        "value_and_grad_from_state",
     }
 )
 SCHEDULES = frozenset(

@@ -24,6 +24,22 @@ import optax
 import pytest
 
 import gradchain as gc
+from tests import (
+    test_contrib_moments,
+    test_factored,
+    test_galore,
+    test_lbfgs,
+    test_linesearch,
+    test_lr_free,
+    test_muon,
+    test_plateau,
+    test_privacy,
+    test_sam,
+    test_schedule_free,
+    test_sophia,
+    test_trust,
+    test_value_based,
+)
 from tests.ranges import (
     AT_LEAST_ONE,
     BAD_NUMBERS,
@@ -82,6 +98,16 @@ _READS_PARAMS = frozenset(
         "nadamw",
         "masked",
         "stateless_with_tree_map",
+        # tests/test_trust.py: layer-wise scalings, and zero_nans (a bool per leaf)
+        "fromage",
+        "keep_params_nonnegative",
+        "scale_by_param_block_norm",
+        "scale_by_param_block_rms",
+        "scale_by_trust_ratio",
+        "zero_nans",
+        # tests/test_sophia.py: the estimate is taken at the params
+        "hutchinson_estimator_diag_hessian",
+        "sam",  # tests/test_sam.py: the opaque mode moves the params
     }
 )
 # Cases with something to compare the updates with: a per-parameter state, or the params.
@@ -196,6 +222,7 @@ def test_optax_broadcasts_a_3_state_against_3x1_updates_where_gradchain_raises()
 _MASK_FN = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
 _TREE_MASK = {"bias": False, "layers": True, "w": True}
 _NO_PARAMS = r"\)?: update needs the current parameters; call `update\(updates, state, params\)`"
+_NO_VALUE = r"\)?: update needs `value=`, the objective"
 NEEDS_PARAMS: dict[str, tuple[Callable[[], Any], str]] = {
     "add_decayed_weights": (lambda: gc.add_decayed_weights(1e-2), "add_decayed_weights"),
     "add_decayed_weights_tree_mask": (
@@ -248,11 +275,11 @@ def test_a_missing_params_error_is_raised_eagerly_and_under_jit() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=_key)
-def test_every_transform_without_params_either_works_or_says_it_needs_them(case: Case) -> None:
+def test_every_transform_without_params_either_works_or_says_what_it_needs(case: Case) -> None:
     try:
         _update(case.build(), GRADS, STATES[case.key], None)
     except ValueError as err:
-        assert re.search(rf"{REPORTER}{_NO_PARAMS}", str(err)), str(err)
+        assert re.search(rf"{REPORTER}(?:{_NO_PARAMS}|{_NO_VALUE})", str(err)), str(err)
 
 
 # 4. A state from another transformation.
@@ -529,7 +556,22 @@ HYPERPARAMETERS: list[tuple[str, str, str, str]] = [
 # Tables contributed by the test modules of families of transforms: each module
 # defines HYPERPARAMETERS (rows as above) and FACTORIES (name -> builder, required
 # arguments). Add a module here when it adds public factories with numeric arguments.
-CONTRIBUTING_MODULES: tuple[Any, ...] = ()
+CONTRIBUTING_MODULES: tuple[Any, ...] = (
+    test_contrib_moments,
+    test_plateau,
+    test_privacy,
+    test_value_based,
+    test_lbfgs,
+    test_linesearch,
+    test_trust,
+    test_factored,
+    test_galore,
+    test_muon,
+    test_sophia,
+    test_sam,
+    test_schedule_free,
+    test_lr_free,
+)
 for _module in CONTRIBUTING_MODULES:
     HYPERPARAMETERS += _module.HYPERPARAMETERS
     FACTORIES.update(_module.FACTORIES)

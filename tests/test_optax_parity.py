@@ -28,7 +28,26 @@ import optax
 import pytest
 
 import gradchain as gc
-from tests import test_adaptive
+from tests import (
+    test_adaptive,
+    test_complex,
+    test_contrib_moments,
+    test_factored,
+    test_galore,
+    test_lbfgs,
+    test_linesearch,
+    test_lr_free,
+    test_microbatch,
+    test_muon,
+    test_plateau,
+    test_privacy,
+    test_sam,
+    test_schedule_free,
+    test_sophia,
+    test_trust,
+    test_utilities,
+    test_value_based,
+)
 from tests.test_adaptive import decay_mask, parity_problem
 
 # The two libraries are bit-identical on every case here at the time of writing;
@@ -311,7 +330,26 @@ NOT_TRANSFORMATIONS = {
 
 
 # Test modules that compare families of transforms with Optax themselves.
-PARITY_MODULES: tuple[Any, ...] = (test_adaptive,)
+PARITY_MODULES: tuple[Any, ...] = (
+    test_adaptive,
+    test_lr_free,
+    test_complex,
+    test_contrib_moments,
+    test_plateau,
+    test_privacy,
+    test_value_based,
+    test_lbfgs,
+    test_linesearch,
+    test_trust,
+    test_factored,
+    test_utilities,
+    test_galore,
+    test_muon,
+    test_sophia,
+    test_sam,
+    test_schedule_free,
+    test_microbatch,
+)
 
 
 def test_the_cases_cover_every_alias_and_every_transform_both_libraries_have() -> None:
