@@ -89,7 +89,7 @@ def scale_by_adam(
     def init_fn(params: Params) -> ScaleByAdamState:
         return ScaleByAdamState(
             step=jnp.zeros([], jnp.int32),
-            mu=_tree.zeros_like(params, mu_dt),
+            mu=_tree.accumulator_like(params, mu_dt),
             nu=_tree.zeros_like(params, nu_dt),
             hparams=spec.init(),
         )

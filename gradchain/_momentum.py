@@ -63,7 +63,7 @@ def trace(
 
     def init_fn(params: Params) -> TraceState:
         return TraceState(
-            jnp.zeros([], jnp.int32), _tree.zeros_like(params, acc_dtype), spec.init()
+            jnp.zeros([], jnp.int32), _tree.accumulator_like(params, acc_dtype), spec.init()
         )
 
     def update_fn(
@@ -127,7 +127,9 @@ def ema(
     spec = HyperparamSpec(fn, dict(decay=decay), rates=("decay",))
 
     def init_fn(params: Params) -> EmaState:
-        return EmaState(jnp.zeros([], jnp.int32), _tree.zeros_like(params, acc_dtype), spec.init())
+        return EmaState(
+            jnp.zeros([], jnp.int32), _tree.accumulator_like(params, acc_dtype), spec.init()
+        )
 
     def update_fn(
         updates: Updates, state: EmaState, params: Params | None = None

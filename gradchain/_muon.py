@@ -168,6 +168,12 @@ def scale_by_muon(
                 f"(it sends non-matrices to AdamW), or give `weight_dimension_numbers` with None "
                 f"there (momentum only) or MuonDimensionNumbers for a stack of matrices."
             )
+        if jnp.iscomplexobj(m):
+            raise TypeError(
+                f"{fn}: the update at {where} is {m.dtype}; Newton-Schulz orthogonalizes real "
+                f"matrices only. Route complex parameters elsewhere (None in "
+                f"`weight_dimension_numbers`, or gc.split_real_and_imaginary around the optimizer)."
+            )
         view = matrix_view(fn, where, m.shape, dims)
         mats = _as_matrices(m, view)
 

@@ -212,7 +212,7 @@ def _scale_by_sophia(
     def init_fn(params: Params) -> SophiaState:
         return SophiaState(
             step=jnp.zeros([], jnp.int32),
-            mu=_tree.zeros_like(params, mu_dtype),
+            mu=_tree.accumulator_like(params, mu_dtype),
             nu=_tree.zeros_like(params),
             hessian_fn_state=hessian_diagonal_fn.init(params),
             hparams=spec.init(),

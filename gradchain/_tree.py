@@ -190,11 +190,41 @@ def compute_dtype(*dtypes: Any) -> Any:
     return out
 
 
+def state_dtype(param_dtype: Any, dtype: Any | None) -> Any:
+    """The dtype of a state leaf kept for a parameter: ``dtype`` if given, else the parameter's.
+
+    A real ``dtype`` chosen for a complex parameter (say ``mu_dtype=jnp.float32``)
+    sets the precision, not the kind: the state is complex of at least that
+    precision (complex64 for float32, bfloat16 or float16; complex128 for
+    float64), since a real state would drop the imaginary parts.
+    """
+    if dtype is None:
+        return param_dtype
+    if jnp.issubdtype(param_dtype, jnp.complexfloating) and not jnp.issubdtype(
+        dtype, jnp.complexfloating
+    ):
+        return jnp.complex128 if jnp.dtype(dtype) == jnp.float64 else jnp.complex64
+    return dtype
+
+
 def zeros_like(params: Any, dtype: Any | None = None) -> Any:
     """Zeros shaped like each parameter leaf (arrays or ShapeDtypeStructs), optionally recast."""
 
     def zeros(p: Any) -> jax.Array:
         return jnp.zeros(jnp.shape(p), dtype if dtype is not None else p.dtype)
+
+    return jax.tree.map(zeros, params)
+
+
+def accumulator_like(params: Any, dtype: Any | None = None) -> Any:
+    """Zeros for a running sum of the updates themselves (momentum, first moments).
+
+    Like :func:`zeros_like`, except that complex leaves stay complex: see
+    :func:`state_dtype`.
+    """
+
+    def zeros(p: Any) -> jax.Array:
+        return jnp.zeros(jnp.shape(p), state_dtype(p.dtype, dtype))
 
     return jax.tree.map(zeros, params)
 

@@ -45,7 +45,7 @@ def _scale_leaves_by_params(
     def leaf(u: jax.Array, p: jax.Array) -> jax.Array:
         dt = _tree.compute_dtype(u.dtype, p.dtype)
         uc, pc = u.astype(dt), p.astype(dt)
-        return (uc * factor(uc, pc)).astype(u.dtype)
+        return (uc * factor(uc, pc).astype(dt)).astype(u.dtype)
 
     return jax.tree.map(leaf, updates, params)
 

@@ -215,3 +215,23 @@ def test_step_counters_saturate_at_int32_max(case: Case):
         if getattr(path[-1], "name", None) == "step"
     ]
     assert all(int(s) == top for s in steps)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda dt: gc.trace(0.9, accumulator_dtype=dt),
+        lambda dt: gc.ema(0.9, accumulator_dtype=dt),
+        lambda dt: gc.scale_by_adam(mu_dtype=dt),
+    ],
+    ids=["trace", "ema", "scale_by_adam"],
+)
+def test_a_real_accumulator_dtype_keeps_complex_momentum_complex(make: Any):
+    """A float32 momentum dtype for complex64 parameters means complex64, not a real cast."""
+    params = jnp.array([1 + 2j, -3j], jnp.complex64)
+    grads = jnp.array([0.5 - 1j, 2 + 0.25j], jnp.complex64)
+    chosen, default = make(jnp.float32), make(None)
+    out, state = chosen.update(grads, chosen.init(params), params)
+    expected, _ = default.update(grads, default.init(params), params)
+    chex.assert_trees_all_equal(out, expected)
+    assert all(x.dtype != jnp.float32 for x in jax.tree.leaves(state) if x.ndim)

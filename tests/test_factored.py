@@ -291,7 +291,7 @@ def rosenbrock() -> tuple[jax.Array, jax.Array, Callable[[jax.Array], jax.Array]
 CONVERGING = [
     ("adafactor", parabola, lambda: gc.adafactor(_decaying(0.05), momentum=0.9)),
     ("adafactor", rosenbrock, lambda: gc.adafactor(_decaying(0.05), momentum=0.9)),
-    # scale_by_param_block_rms does not take complex parameters yet: the absolute step size.
+    ("adafactor", complex_parabola, lambda: gc.adafactor(_decaying(0.05), momentum=0.9)),
     (
         "adafactor",
         complex_parabola,

@@ -419,3 +419,12 @@ HYPERPARAMETERS: list[tuple[str, str, str, str]] = [
     ("matrix_inverse_pth_root", "ridge_epsilon", NON_NEGATIVE, "matrix_inverse_pth_root"),
     ("matrix_inverse_pth_root", "error_tolerance", NON_NEGATIVE, "matrix_inverse_pth_root"),
 ]
+
+
+def test_complex_matrices_are_refused_naming_the_path_and_what_to_do() -> None:
+    params = {"w": jnp.ones((3, 2), jnp.complex64)}
+    tx = gc.scale_by_muon()
+    with pytest.raises(
+        TypeError, match=r"^scale_by_muon: the update at w is complex64; .*split_real"
+    ):
+        tx.update(params, tx.init(params), params)
