@@ -76,7 +76,7 @@ def decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def _schedule(step: Any) -> Any:
+def schedule(step: Any) -> Any:
     """One schedule function for both libraries (so the comparison measures the transforms)."""
     return gc.exponential_decay(1e-2, 10, 0.8)(step)
 
@@ -91,8 +91,15 @@ def _trajectory(lib: Any, tx: Any, params: Any, grads: Any) -> tuple[Any, Any, A
     return updates, params, state
 
 
-def trajectories(make_gc: Callable[[], Any], make_optax: Callable[[], Any]) -> tuple[Any, Any]:
-    """(updates, final params, final state) of gradchain and of Optax, jitted together."""
+def trajectories(
+    make_gc: Callable[[], Any],
+    make_optax: Callable[[], Any],
+    problem: tuple[Any, Any] = (PARAMS, GRADS),
+) -> tuple[Any, Any]:
+    """(updates, final params, final state) of gradchain and of Optax, jitted together.
+
+    ``problem`` is (params, stacked gradients), by default this module's.
+    """
 
     @jax.jit
     def run(params: Any, grads: Any) -> tuple[Any, Any]:
@@ -101,7 +108,7 @@ def trajectories(make_gc: Callable[[], Any], make_optax: Callable[[], Any]) -> t
             want = _trajectory(optax, make_optax(), params, grads)
         return got, want
 
-    return run(PARAMS, GRADS)
+    return run(*problem)
 
 
 PER_PARAMETER_FIELDS = frozenset(
@@ -156,7 +163,7 @@ def assert_runs_agree(make_gc: Any, make_optax: Any, rtol: float = RTOL) -> None
 
 Make = Callable[[Any], Any]
 M = decay_mask
-S = _schedule
+S = schedule
 # (id, make(lib)): the same call builds both libraries' transformation.
 SAME_CALL: list[tuple[str, Make]] = [
     ("scale_by_adamax", lambda m: m.scale_by_adamax()),

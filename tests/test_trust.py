@@ -36,7 +36,7 @@ import pytest
 
 import gradchain as gc
 from tests.ranges import FINITE, NON_NEGATIVE, POSITIVE, RATE
-from tests.test_adaptive import parity_problem
+from tests.test_adaptive import decay_mask, parity_problem, schedule, trajectories
 
 # --- 1. Optax parity -----------------------------------------------------------------------
 
@@ -46,39 +46,6 @@ STEPS = 50
 PARAMS, GRADS = parity_problem(11)
 GRADS = jax.tree.map(lambda g: g[:STEPS], GRADS)
 Make = Callable[[Any], Any]
-
-
-def decay_mask(params: Any) -> Any:
-    """Matrices only: the usual mask for weight decay and trust ratios."""
-    return jax.tree.map(lambda p: p.ndim > 1, params)
-
-
-def schedule(step: Any) -> Any:
-    """One schedule function for both libraries, so the comparison measures the transforms."""
-    return gc.exponential_decay(1e-2, 10, 0.8)(step)
-
-
-def _trajectory(lib: Any, tx: Any, params: Any, grads: Any) -> tuple[Any, Any, Any]:
-    def step(carry: tuple[Any, Any], g: Any) -> tuple[tuple[Any, Any], Any]:
-        params, state = carry
-        updates, state = tx.update(g, state, params)
-        return (lib.apply_updates(params, updates), state), updates
-
-    (params, state), updates = jax.lax.scan(step, (params, tx.init(params)), grads)
-    return updates, params, state
-
-
-def trajectories(make_gc: Callable[[], Any], make_optax: Callable[[], Any]) -> tuple[Any, Any]:
-    """(updates, final params, final state) of gradchain and of Optax, jitted together."""
-
-    @jax.jit
-    def run(params: Any, grads: Any) -> tuple[Any, Any]:
-        got = _trajectory(gc, make_gc(), params, grads)
-        with jax.numpy_dtype_promotion("standard"):
-            want = _trajectory(optax, make_optax(), params, grads)
-        return got, want
-
-    return run(PARAMS, GRADS)
 
 
 STATE_FIELDS = frozenset({"mu", "nu", "trace", "ema", "found_nan"})
@@ -117,7 +84,9 @@ def assert_trees_close(got: Any, want: Any, what: str, rtol: float = RTOL) -> No
 
 
 def assert_runs_agree(make_gc: Callable[[], Any], make_optax: Callable[[], Any]) -> None:
-    (got_u, got_p, got_s), (want_u, want_p, want_s) = trajectories(make_gc, make_optax)
+    (got_u, got_p, got_s), (want_u, want_p, want_s) = trajectories(
+        make_gc, make_optax, (PARAMS, GRADS)
+    )
     assert_trees_close(got_u, want_u, "updates")
     assert_trees_close(got_p, want_p, "final params")
     got_fields, want_fields = per_parameter_state(got_s), per_parameter_state(want_s)
