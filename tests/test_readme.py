@@ -31,3 +31,15 @@ def test_ci_runs_the_readme_test_command():
     install, run = command.strip().split(" && ")
     assert install in ci
     assert run in ci
+
+
+def test_the_feature_table_names_every_public_function_with_a_status():
+    import gradchain as gc
+
+    rows = [line for line in README.splitlines() if line.startswith("| ")]
+    statuses = {row.split(" | ")[-2] for row in rows[2:]}  # below the header and its rule
+    assert statuses <= {"done", "planned"}, statuses
+    done = "\n".join(row for row in rows if row.split(" | ")[-2] == "done")
+    public = [name for name in gc.__all__ if name[0].islower()]
+    missing = [name for name in public if not re.search(rf"`{name}[`(]", done)]
+    assert not missing, f"add to the README's feature table: {missing}"
