@@ -116,14 +116,16 @@ PER_PARAMETER_FIELDS = frozenset(
 )
 
 
-def per_parameter_state(state: Any) -> list[tuple[str, Any]]:
-    """The per-parameter fields of a state, in order, by name (both libraries name them alike)."""
+def per_parameter_state(
+    state: Any, fields: frozenset[str] = PER_PARAMETER_FIELDS
+) -> list[tuple[str, Any]]:
+    """The ``fields`` of a state, in order, by name (both libraries name them alike)."""
     found: list[tuple[str, Any]] = []
 
     def visit(node: Any) -> None:
         if isinstance(node, tuple) and hasattr(node, "_fields"):
             for name in node._fields:
-                if name in PER_PARAMETER_FIELDS:
+                if name in fields:
                     found.append((name, getattr(node, name)))
                 else:
                     visit(getattr(node, name))

@@ -36,7 +36,13 @@ import pytest
 
 import gradchain as gc
 from tests.ranges import FINITE, NON_NEGATIVE, POSITIVE, RATE
-from tests.test_adaptive import decay_mask, parity_problem, schedule, trajectories
+from tests.test_adaptive import (
+    decay_mask,
+    parity_problem,
+    per_parameter_state,
+    schedule,
+    trajectories,
+)
 
 # --- 1. Optax parity -----------------------------------------------------------------------
 
@@ -49,28 +55,6 @@ Make = Callable[[Any], Any]
 
 
 STATE_FIELDS = frozenset({"mu", "nu", "trace", "ema", "found_nan"})
-
-
-def per_parameter_state(state: Any) -> list[tuple[str, Any]]:
-    """The per-parameter fields of a state, in order, by name (both libraries name them alike)."""
-    found: list[tuple[str, Any]] = []
-
-    def visit(node: Any) -> None:
-        if isinstance(node, tuple) and hasattr(node, "_fields"):
-            for name in node._fields:
-                if name in STATE_FIELDS:
-                    found.append((name, getattr(node, name)))
-                else:
-                    visit(getattr(node, name))
-        elif isinstance(node, list | tuple):
-            for child in node:
-                visit(child)
-        elif isinstance(node, dict):
-            for key in sorted(node):
-                visit(node[key])
-
-    visit(state)
-    return found
 
 
 def assert_trees_close(got: Any, want: Any, what: str, rtol: float = RTOL) -> None:
@@ -89,7 +73,8 @@ def assert_runs_agree(make_gc: Callable[[], Any], make_optax: Callable[[], Any])
     )
     assert_trees_close(got_u, want_u, "updates")
     assert_trees_close(got_p, want_p, "final params")
-    got_fields, want_fields = per_parameter_state(got_s), per_parameter_state(want_s)
+    got_fields = per_parameter_state(got_s, STATE_FIELDS)
+    want_fields = per_parameter_state(want_s, STATE_FIELDS)
     assert [n for n, _ in got_fields] == [n for n, _ in want_fields]
     for (name, got), (_, want) in zip(got_fields, want_fields, strict=True):
         assert_trees_close(got, want, f"state.{name}")
