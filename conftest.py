@@ -4,6 +4,13 @@ This file sits at the repository root so that the doctests inside
 ``gradchain/`` run under the same settings as ``tests/``.
 """
 
+import os
+
+# One BLAS thread per process, before NumPy or jaxlib load OpenBLAS: pytest -n 2 already
+# runs a process per core, and two threads each on a busy 2-core machine make LAPACK calls
+# (eigh, qr: SOAP, Shampoo, GaLore) 100x slower.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import jax
 
 # Before any computation: later updates of the device count are refused.
@@ -30,12 +37,18 @@ def pytest_configure(config):
     settings.load_profile("slow" if config.getoption("--slow") else "fast")
 
 
-def pytest_collection_modifyitems(config, items):
-    import pytest
+def pytest_report_header(config):
+    if not config.getoption("--slow"):
+        return "cases marked slow are deselected (long sweeps over the registry): run with --slow"
+    return None
 
+
+def pytest_collection_modifyitems(config, items):
+    # Deselected rather than skipped: a skip line per case would bury the real skips, and
+    # the header above says once why they do not run.
     if config.getoption("--slow"):
         return
-    skip = pytest.mark.skip(reason="slow case: run with --slow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+    slow = [item for item in items if "slow" in item.keywords]
+    if slow:
+        items[:] = [item for item in items if "slow" not in item.keywords]
+        config.hook.pytest_deselected(items=slow)
