@@ -368,7 +368,18 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, /, **kw
         if entry.complement_path is not None:
             replace[entry.complement_path] = complement_of(value, replace[path])
 
-    def swap(path: tuple[Any, ...], leaf: Any) -> Any:
-        return replace.get(path, leaf)
+    done: set[tuple[Any, ...]] = set()
 
-    return jax.tree_util.tree_map_with_path(swap, state)
+    def swap(path: tuple[Any, ...], leaf: Any) -> Any:
+        # A wrapper node around the scalar (a Flax NNX Variable, as in nnx.Optimizer's
+        # opt_state) adds its own keys below the hyperparameter's path: match the prefix.
+        for n in range(len(path), 0, -1):
+            if path[:n] in replace:
+                done.add(path[:n])
+                return replace[path[:n]]
+        return leaf
+
+    out = jax.tree_util.tree_map_with_path(swap, state)
+    if len(done) != len(replace):  # never a silent no-op
+        raise AssertionError(f"set_hyperparams: no leaf found at {sorted(set(replace) - done)}.")
+    return out

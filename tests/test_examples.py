@@ -7,11 +7,7 @@ solution (scikit-learn), which its L1 row must reproduce.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import jax
 import numpy as np
@@ -19,18 +15,7 @@ import pytest
 from sklearn.linear_model import Lasso
 
 import gradchain as gc
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
+from tests.example_loader import load_example
 
 lr = load_example("linear_regression")
 
