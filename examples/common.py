@@ -159,3 +159,34 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Fraction of rows whose largest logit is the label."""
     return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+
+
+def shuffled_batches(
+    key: jax.Array, x: jax.Array, y: jax.Array, batch_size: int, steps: int
+) -> tuple[jax.Array, jax.Array]:
+    """``steps`` mini-batches of ``(x, y)``, stacked on a leading step axis.
+
+    Each epoch is a fresh permutation of the rows drawn from ``key`` (the last
+    partial batch of an epoch is dropped), so ``jax.lax.scan`` can run a whole
+    training loop over the result. Works under ``jit`` and ``vmap`` (one
+    shuffle per key).
+
+    Args:
+      key: the PRNG key of the shuffles.
+      x: [n, ...] inputs.
+      y: [n, ...] targets.
+      batch_size: rows per batch, in [1, n].
+      steps: the number of batches, >= 1.
+
+    Returns:
+      ``(x_batches [steps, batch_size, ...], y_batches [steps, batch_size, ...])``.
+    """
+    n = x.shape[0]
+    if not 1 <= batch_size <= n or steps < 1:
+        raise ValueError(f"need 1 <= batch_size <= {n} and steps >= 1; got {batch_size}, {steps}")
+    per_epoch = n // batch_size
+    epochs = -(-steps // per_epoch)
+    keys = jax.random.split(key, epochs)
+    order = jax.vmap(lambda k: jax.random.permutation(k, n)[: per_epoch * batch_size])(keys)
+    order = order.reshape(-1, batch_size)[:steps]
+    return x[order], y[order]

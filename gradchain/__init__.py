@@ -13,6 +13,12 @@ from gradchain._accumulate import apply_every as apply_every
 from gradchain._accumulate import multi_steps as multi_steps
 from gradchain._accumulate import skip_large_updates as skip_large_updates
 from gradchain._accumulate import skip_not_finite as skip_not_finite
+from gradchain._adam_mini import AdamMiniBlockRow as AdamMiniBlockRow
+from gradchain._adam_mini import AdamMiniBlocks as AdamMiniBlocks
+from gradchain._adam_mini import ScaleByAdamMiniState as ScaleByAdamMiniState
+from gradchain._adam_mini import adam_mini as adam_mini
+from gradchain._adam_mini import adam_mini_blocks as adam_mini_blocks
+from gradchain._adam_mini import scale_by_adam_mini as scale_by_adam_mini
 from gradchain._adaptive import ScaleByAdamaxState as ScaleByAdamaxState
 from gradchain._adaptive import ScaleByAmsgradState as ScaleByAmsgradState
 from gradchain._adaptive import ScaleByBeliefState as ScaleByBeliefState
@@ -56,6 +62,10 @@ from gradchain._base import set_to_zero as set_to_zero
 from gradchain._base import stateless as stateless
 from gradchain._base import stateless_with_tree_map as stateless_with_tree_map
 from gradchain._base import with_extra_args_support as with_extra_args_support
+from gradchain._cautious import CautiousState as CautiousState
+from gradchain._cautious import cautious as cautious
+from gradchain._cautious import cautious_adamw as cautious_adamw
+from gradchain._cautious import cautious_lion as cautious_lion
 from gradchain._clipping import ClipByGlobalNormState as ClipByGlobalNormState
 from gradchain._clipping import ClipState as ClipState
 from gradchain._clipping import clip as clip
@@ -138,6 +148,9 @@ from gradchain._inject_stateful import (
 from gradchain._inject_stateful import WrappedSchedule as WrappedSchedule
 from gradchain._inject_stateful import WrappedScheduleState as WrappedScheduleState
 from gradchain._inject_stateful import inject_stateful_hyperparams as inject_stateful_hyperparams
+from gradchain._kron import ScaleByKronState as ScaleByKronState
+from gradchain._kron import kron as kron
+from gradchain._kron import scale_by_kron as scale_by_kron
 from gradchain._lbfgs import ScaleByLBFGSState as ScaleByLBFGSState
 from gradchain._lbfgs import lbfgs as lbfgs
 from gradchain._lbfgs import scale_by_lbfgs as scale_by_lbfgs
@@ -151,6 +164,8 @@ from gradchain._linesearch import (
     scale_by_backtracking_linesearch as scale_by_backtracking_linesearch,
 )
 from gradchain._linesearch import value_and_grad_from_state as value_and_grad_from_state
+from gradchain._lr_finder import LRFinderResult as LRFinderResult
+from gradchain._lr_finder import find_learning_rate as find_learning_rate
 from gradchain._lr_free import DAdaptAdamWState as DAdaptAdamWState
 from gradchain._lr_free import ProdigyState as ProdigyState
 from gradchain._lr_free import dadapt_adamw as dadapt_adamw
@@ -158,6 +173,9 @@ from gradchain._lr_free import prodigy as prodigy
 from gradchain._madgrad import ScaleByMadgradState as ScaleByMadgradState
 from gradchain._madgrad import madgrad as madgrad
 from gradchain._madgrad import scale_by_madgrad as scale_by_madgrad
+from gradchain._mars import ScaleByMarsState as ScaleByMarsState
+from gradchain._mars import mars as mars
+from gradchain._mars import scale_by_mars as scale_by_mars
 from gradchain._matrices import MatrixView as MatrixView
 from gradchain._matrices import MuonDimensionNumbers as MuonDimensionNumbers
 from gradchain._mechanic import MechanicState as MechanicState
@@ -247,6 +265,10 @@ from gradchain._radam import scale_by_radam as scale_by_radam
 from gradchain._regularizing import AddDecayedWeightsState as AddDecayedWeightsState
 from gradchain._regularizing import add_decayed_weights as add_decayed_weights
 from gradchain._regularizing import add_l1_penalty as add_l1_penalty
+from gradchain._routing import MatrixRoute as MatrixRoute
+from gradchain._routing import MatrixRouting as MatrixRouting
+from gradchain._routing import matrix_partition as matrix_partition
+from gradchain._routing import matrix_routing as matrix_routing
 from gradchain._rules import Rule as Rule
 from gradchain._rules import param_groups as param_groups
 from gradchain._sam import SAMState as SAMState
@@ -268,6 +290,15 @@ from gradchain._schedules import inverse_sqrt_decay_schedule as inverse_sqrt_dec
 from gradchain._schedules import inverse_time_decay_schedule as inverse_time_decay_schedule
 from gradchain._schedules import linear_schedule as linear_schedule
 from gradchain._schedules import polynomial_schedule as polynomial_schedule
+from gradchain._scion import ScaleByScionState as ScaleByScionState
+from gradchain._scion import ScionNorm as ScionNorm
+from gradchain._scion import scale_by_scion as scale_by_scion
+from gradchain._scion import scion as scion
+from gradchain._shampoo import ScaleByShampooState as ScaleByShampooState
+from gradchain._shampoo import scale_by_shampoo as scale_by_shampoo
+from gradchain._shampoo import shampoo as shampoo
+from gradchain._sharding import register_state_sharding_rule as register_state_sharding_rule
+from gradchain._sharding import state_shardings as state_shardings
 from gradchain._sign_methods import ScaleByLionState as ScaleByLionState
 from gradchain._sign_methods import ScaleByRpropState as ScaleByRpropState
 from gradchain._sign_methods import scale_by_lion as scale_by_lion
@@ -275,12 +306,18 @@ from gradchain._sign_methods import scale_by_rprop as scale_by_rprop
 from gradchain._sign_methods import scale_by_sign as scale_by_sign
 from gradchain._sm3 import ScaleBySM3State as ScaleBySM3State
 from gradchain._sm3 import scale_by_sm3 as scale_by_sm3
+from gradchain._soap import ScaleBySoapState as ScaleBySoapState
+from gradchain._soap import SoapFactors as SoapFactors
+from gradchain._soap import scale_by_soap as scale_by_soap
+from gradchain._soap import soap as soap
 from gradchain._sophia import HutchinsonState as HutchinsonState
 from gradchain._sophia import SophiaState as SophiaState
 from gradchain._sophia import (
     hutchinson_estimator_diag_hessian as hutchinson_estimator_diag_hessian,
 )
 from gradchain._sophia import sophia as sophia
+from gradchain._sweeps import SweepResult as SweepResult
+from gradchain._sweeps import sweep as sweep
 from gradchain._tree import global_norm as global_norm
 from gradchain._trust import NormalizeByUpdateNormState as NormalizeByUpdateNormState
 from gradchain._trust import ScaleByParamBlockNormState as ScaleByParamBlockNormState
@@ -315,6 +352,8 @@ from gradchain._wrappers import MaskedState as MaskedState
 from gradchain._wrappers import MaskOrFn as MaskOrFn
 from gradchain._wrappers import inject_hyperparams as inject_hyperparams
 from gradchain._wrappers import masked as masked
+from gradchain._zero import Zero1Shardings as Zero1Shardings
+from gradchain._zero import zero1_shardings as zero1_shardings
 from gradchain._zoom import ScaleByZoomLinesearchState as ScaleByZoomLinesearchState
 from gradchain._zoom import ZoomLinesearchInfo as ZoomLinesearchInfo
 from gradchain._zoom import scale_by_zoom_linesearch as scale_by_zoom_linesearch
@@ -323,12 +362,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AccumulationType",
+    "AdamMiniBlockRow",
+    "AdamMiniBlocks",
     "AdaptiveGradClipState",
     "AddDecayedWeightsState",
     "AddNoiseState",
     "ApplyEvery",
     "ApplyIfFiniteState",
     "BacktrackingLinesearchInfo",
+    "CautiousState",
     "ClipByBlockRmsState",
     "ClipByGlobalNormState",
     "ClipState",
@@ -349,11 +391,14 @@ __all__ = [
     "Hyperparams",
     "InjectHyperparamsState",
     "InjectStatefulHyperparamsState",
+    "LRFinderResult",
     "LookaheadParams",
     "LookaheadState",
     "MaskOrFn",
     "MaskedNode",
     "MaskedState",
+    "MatrixRoute",
+    "MatrixRouting",
     "MatrixView",
     "MeasureWithEmaState",
     "MechanicState",
@@ -379,6 +424,7 @@ __all__ = [
     "ScalarOrSchedule",
     "ScaleByAcpropState",
     "ScaleByAdaDeltaState",
+    "ScaleByAdamMiniState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
     "ScaleByAdanState",
@@ -391,9 +437,11 @@ __all__ = [
     "ScaleByDistanceOverGradientsState",
     "ScaleByDogState",
     "ScaleByDowgState",
+    "ScaleByKronState",
     "ScaleByLBFGSState",
     "ScaleByLionState",
     "ScaleByMadgradState",
+    "ScaleByMarsState",
     "ScaleByNovogradState",
     "ScaleByOptimisticGradientState",
     "ScaleByParamBlockNormState",
@@ -406,18 +454,24 @@ __all__ = [
     "ScaleByRssState",
     "ScaleBySM3State",
     "ScaleByScheduleState",
+    "ScaleByScionState",
+    "ScaleByShampooState",
     "ScaleBySimplifiedAdemamixState",
+    "ScaleBySoapState",
     "ScaleByTrustRatioState",
     "ScaleByYogiState",
     "ScaleByZoomLinesearchState",
     "ScaleState",
     "Schedule",
     "ScheduleFreeState",
+    "ScionNorm",
     "ShouldSkipUpdateFunction",
     "SkipSpikesState",
     "SnapshotState",
+    "SoapFactors",
     "SophiaState",
     "SplitRealAndImaginaryState",
+    "SweepResult",
     "TelemetryState",
     "TraceState",
     "TransformInitFn",
@@ -426,6 +480,7 @@ __all__ = [
     "Updates",
     "WrappedSchedule",
     "WrappedScheduleState",
+    "Zero1Shardings",
     "ZeroNansState",
     "ZoomLinesearchInfo",
     "acprop",
@@ -434,6 +489,8 @@ __all__ = [
     "adafactor",
     "adagrad",
     "adam",
+    "adam_mini",
+    "adam_mini_blocks",
     "adamax",
     "adamaxw",
     "adamw",
@@ -449,6 +506,9 @@ __all__ = [
     "apply_if_finite",
     "apply_updates",
     "bias_correction",
+    "cautious",
+    "cautious_adamw",
+    "cautious_lion",
     "centralize",
     "chain",
     "clip",
@@ -471,6 +531,7 @@ __all__ = [
     "eval_params",
     "explain",
     "exponential_decay",
+    "find_learning_rate",
     "flatten",
     "freeze",
     "fromage",
@@ -488,6 +549,7 @@ __all__ = [
     "inverse_time_decay_schedule",
     "join_schedules",
     "keep_params_nonnegative",
+    "kron",
     "lamb",
     "lars",
     "lbfgs",
@@ -496,8 +558,11 @@ __all__ = [
     "lion",
     "lookahead",
     "madgrad",
+    "mars",
     "masked",
     "matrix_inverse_pth_root",
+    "matrix_partition",
+    "matrix_routing",
     "maximize",
     "measure_with_ema",
     "mechanize",
@@ -531,6 +596,7 @@ __all__ = [
     "prodigy",
     "radam",
     "reduce_on_plateau",
+    "register_state_sharding_rule",
     "rmsprop",
     "rprop",
     "safe_increment",
@@ -542,6 +608,7 @@ __all__ = [
     "scale_by_acprop",
     "scale_by_adadelta",
     "scale_by_adam",
+    "scale_by_adam_mini",
     "scale_by_adamax",
     "scale_by_adan",
     "scale_by_ademamix",
@@ -555,10 +622,12 @@ __all__ = [
     "scale_by_dowg",
     "scale_by_factored_rms",
     "scale_by_galore",
+    "scale_by_kron",
     "scale_by_lbfgs",
     "scale_by_learning_rate",
     "scale_by_lion",
     "scale_by_madgrad",
+    "scale_by_mars",
     "scale_by_muon",
     "scale_by_novograd",
     "scale_by_optimistic_gradient",
@@ -570,9 +639,12 @@ __all__ = [
     "scale_by_rprop",
     "scale_by_rss",
     "scale_by_schedule",
+    "scale_by_scion",
+    "scale_by_shampoo",
     "scale_by_sign",
     "scale_by_simplified_ademamix",
     "scale_by_sm3",
+    "scale_by_soap",
     "scale_by_stddev",
     "scale_by_trust_ratio",
     "scale_by_yogi",
@@ -582,11 +654,13 @@ __all__ = [
     "schedule_free_adamw",
     "schedule_free_eval_params",
     "schedule_free_sgd",
+    "scion",
     "selective_transform",
     "set_hyperparams",
     "set_to_zero",
     "sgd",
     "sgdr_schedule",
+    "shampoo",
     "sign_sgd",
     "signum",
     "simplified_ademamix",
@@ -595,10 +669,13 @@ __all__ = [
     "skip_spikes",
     "sm3",
     "snapshot",
+    "soap",
     "sophia",
     "split_real_and_imaginary",
+    "state_shardings",
     "stateless",
     "stateless_with_tree_map",
+    "sweep",
     "telemetry",
     "trace",
     "tree_map_params",
@@ -612,5 +689,6 @@ __all__ = [
     "warmup_stable_decay_schedule",
     "with_extra_args_support",
     "yogi",
+    "zero1_shardings",
     "zero_nans",
 ]

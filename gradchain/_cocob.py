@@ -105,7 +105,7 @@ def scale_by_cocob(alpha: float = 100.0, eps: float = 1e-8) -> GradientTransform
             jnp.zeros([], jnp.int32),
             zeros(params),
             zeros(params),
-            jax.tree.map(lambda p: eps0.astype(p.dtype) * jnp.ones(jnp.shape(p), p.dtype), params),
+            jax.tree.map(lambda p: _tree.like(p, p.dtype, eps0.astype(p.dtype)), params),
             zeros(params),
             zeros(params),
             spec.init(),

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradchain import _check, _tree
+from gradchain import _check, _explicit, _tree
 from gradchain._base import GradientTransformation, Params, ScalarOrSchedule, Updates
 from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
 
@@ -230,8 +230,14 @@ def scale_by_factored_rms(
 
     def init_fn(params: Params) -> FactoredState:
         def zeros(p: Any, which: int) -> jax.Array:
+            # Each moment sharded like the parameter's axes it keeps (see _sharding.py).
             shape = _state_shapes(tuple(p.shape), factored, min_dim_size_to_factor)[which]
-            return jnp.zeros(shape, _stat_dtype(p.dtype))
+            axes = factored_axes(tuple(p.shape), factored, min_dim_size_to_factor)
+            if axes is None or which == 2:
+                return _tree.zeros_for(p, shape, _stat_dtype(p.dtype))
+            drop = axes[1 - which]  # v_row drops d0, v_col drops d1
+            kept = tuple(a for a in range(len(p.shape)) if a != drop)
+            return _explicit.zeros_along(p, kept, _stat_dtype(p.dtype))
 
         return FactoredState(
             step=jnp.zeros([], jnp.int32),

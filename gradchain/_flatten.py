@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gradchain import _tree
+from gradchain import _explicit, _tree
 from gradchain._base import (
     AnyTransformation,
     GradientTransformationExtraArgs,
@@ -44,7 +44,10 @@ def _ravel(tree: Any) -> Any:
     dtype = _common_dtype(leaves)
     if any(isinstance(x, jax.ShapeDtypeStruct) for x in leaves):
         return jax.ShapeDtypeStruct((sum(math.prod(x.shape) for x in leaves),), dtype)
-    return jnp.concatenate([jnp.ravel(x).astype(dtype) for x in leaves])
+    # On an Explicit mesh the vector is replicated: leaves sharded in different ways have no
+    # common layout once concatenated. _unravel shards each update back like its gradient.
+    flat = [_explicit.reshape(jnp.asarray(x), (math.prod(jnp.shape(x)),)) for x in leaves]
+    return jnp.concatenate([x.astype(dtype) for x in flat])
 
 
 def _unravel(flat: jax.Array, like: Any) -> Any:
@@ -53,7 +56,8 @@ def _unravel(flat: jax.Array, like: Any) -> Any:
     out, start = [], 0
     for x in leaves:
         size = math.prod(jnp.shape(x))
-        out.append(flat[start : start + size].reshape(jnp.shape(x)).astype(x.dtype))
+        piece = flat[start : start + size]
+        out.append(_explicit.reshape(piece, jnp.shape(x), _explicit.mesh_spec(x)).astype(x.dtype))
         start += size
     return treedef.unflatten(out)
 

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradchain import _check, _tree
+from gradchain import _check, _explicit, _tree
 from gradchain._base import (
     AnyTransformation,
     GradientTransformation,
@@ -112,6 +112,12 @@ def scale_by_galore(
     ``scale`` is a settable hyperparameter (``get_hyperparams(state)["scale"]``);
     the SVD is done in float32 for bfloat16 gradients.
 
+    On a mesh with Explicit axes (``jax.make_mesh``'s default) a sharded matrix
+    gradient is gathered whole on every device before the SVD (JAX's SVD takes
+    unsharded matrices only): the projector and the projected moments are
+    replicated, as :func:`gradchain.state_shardings` lays them out, and the
+    full-rank update is sharded back like the gradient.
+
     Args:
       rank: the projection rank, >= 1.
       update_proj_gap: steps between projector refreshes, >= 1.
@@ -173,7 +179,7 @@ def scale_by_galore(
         proj, low = shapes(params)
         leaves = jax.tree.leaves(params)
         low_params = [
-            jnp.zeros(jnp.shape(p) if s is None else s, p.dtype)
+            _tree.zeros_for(p, jnp.shape(p) if s is None else s, p.dtype)
             for p, s in zip(leaves, low, strict=True)
         ]
         projector = [
@@ -219,7 +225,11 @@ def scale_by_galore(
                 projectors.append(p)
                 continue
             view, r, left = plan
-            (mats,) = _tree.upcast(_as_matrices(g, view))
+            # On an Explicit mesh the matrix is gathered whole: JAX's SVD takes unsharded
+            # matrices only, and the projector and projected state are replicated (see
+            # gradchain/_sharding.py). The full-rank update is sharded back like `g` below.
+            whole, _ = _explicit.replicate(g)
+            (mats,) = _tree.upcast(_as_matrices(whole, view))
 
             def fresh(m: jax.Array, r: int = r, left: bool = left) -> jax.Array:
                 u, _, vt = jnp.linalg.svd(m, full_matrices=False)
@@ -253,7 +263,8 @@ def scale_by_galore(
                 full = jnp.einsum("bmr,brn->bmn", pb, nb)
             else:
                 full = jnp.einsum("bmr,bnr->bmn", nb, pb)
-            out.append(_from_matrices(s * full, view, g.shape).astype(g.dtype))
+            full = _from_matrices(s * full, view, g.shape).astype(g.dtype)
+            out.append(_explicit.reshard(full, _explicit.mesh_spec(g)))
         step = _tree.safe_increment(state.step)
         new_state = GaLoreState(
             step, base_state, treedef.unflatten(projectors), spec.advance(state.hparams, step)

@@ -100,7 +100,9 @@ def update_if(
         )
 
     def skip() -> tuple[Updates, OptState]:
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_updates)
+        # Zeros of the running branch's types, sharding included: on an Explicit mesh the two
+        # branches of a lax.cond must agree on it too.
+        zeros = jax.tree.map(lambda s: _tree.like(s, s.dtype), out_updates)
         return zeros, inner_state
 
     return jax.lax.cond(apply, run, skip)

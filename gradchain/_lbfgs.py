@@ -134,7 +134,7 @@ def scale_by_lbfgs(
     def init_fn(params: Params) -> ScaleByLBFGSState:
         stacked = _stacked_zeros(params, memory_size)
         dt = _tree.compute_dtype(*(p.dtype for p in jax.tree.leaves(params)))
-        wide = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), _tree.compute_dtype(p.dtype)), params)
+        wide = jax.tree.map(lambda p: _tree.like(p, _tree.compute_dtype(p.dtype)), params)
         return ScaleByLBFGSState(
             step=jnp.zeros([], jnp.int32),
             slot=jnp.zeros([], jnp.int32),

@@ -16,7 +16,7 @@ from typing import Any, TypeAlias
 import jax
 import jax.numpy as jnp
 
-from gradchain import _check, _tree
+from gradchain import _check, _explicit, _tree
 
 Coefficients: TypeAlias = tuple[Any, Any, Any]
 """One Newton-Schulz step's (a, b, c): ``X <- a X + b (X X^T) X + c (X X^T)^2 X``."""
@@ -87,7 +87,9 @@ def check_matrix(fn: str, name: str, x: Any, *, square: bool = False) -> None:
 
 
 def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
-    return jnp.matmul(a, b, precision=_HIGHEST)
+    # On an Explicit mesh the product states its sharding: x x^T of an (m@data, n@model)
+    # iterate is (m@data, m), and (x x^T) x is sharded like x again.
+    return _explicit.matmul(a, b, precision=_HIGHEST)
 
 
 def _first_scaling(x: jax.Array, preconditioning: str, eps: jax.Array) -> jax.Array:
@@ -95,7 +97,8 @@ def _first_scaling(x: jax.Array, preconditioning: str, eps: jax.Array) -> jax.Ar
     if preconditioning == "frobenius":
         return x / (jnp.sqrt(jnp.sum(x * x)) + eps)
     if preconditioning == "spectral":
-        return x / (jnp.linalg.norm(x, ord=2) + eps)
+        whole, _ = _explicit.replicate(x)  # an SVD: JAX runs it on unsharded matrices only
+        return x / (jnp.linalg.norm(whole, ord=2) + eps)
     if preconditioning == "schatten":  # ||x||_S4 = ||x x^T||_F ** 0.5 >= ||x||_2
         gram = _dot(x, x.T)
         return x / (jnp.sqrt(jnp.sqrt(jnp.sum(gram * gram))) + eps)

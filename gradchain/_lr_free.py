@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, TypeAlias
 import jax
 import jax.numpy as jnp
 
-from gradchain import _check, _tree
+from gradchain import _check, _explicit, _tree
 from gradchain._base import GradientTransformationExtraArgs, Params, ScalarOrSchedule, Updates
 from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
 from gradchain._wrappers import MaskOrFn, _full_mask
@@ -56,7 +56,7 @@ def vdot(a: Any, b: Any) -> jax.Array:
     terms = []
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         xc, yc = _tree.upcast(jnp.asarray(x), jnp.asarray(y))
-        terms.append(jnp.vdot(xc.ravel(), yc.ravel()))
+        terms.append(_explicit.inner(xc, yc))  # vdot of the raveled leaves, on a mesh too
     if not terms:
         return jnp.zeros([], F32)
     return sum(terms[1:], terms[0]).astype(F32)

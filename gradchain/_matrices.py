@@ -1,17 +1,21 @@
 """Matrices inside parameters: which axes form a matrix, and routing leaves by it.
 
-Matrix optimizers (Muon, GaLore; later Shampoo and SOAP) see each parameter
-as a stack of matrices: :class:`MuonDimensionNumbers` names the reduction and
+Matrix optimizers (Muon, Scion, GaLore, SOAP, Shampoo) see each parameter as
+a stack of matrices: :class:`MuonDimensionNumbers` names the reduction and
 output axes, every other axis is a batch axis, and :class:`MatrixView` is the
 reshape to ``(batch, rows, cols)`` and back. ``route_resolver`` turns a user's
-routing (a tree of dimension numbers, a function of the parameters, or None
-for "2-D leaves only") into one entry per leaf.
+routing (a tree of dimension numbers, a function of the parameters, path
+rules, or None for "2-D leaves only", minus the ``exclude`` patterns) into one
+entry per leaf; :func:`matrix_partition` sends the matrices to one
+transformation and the rest to another, and :func:`matrix_routing` shows
+where each parameter went.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -20,9 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradchain import _tree
-from gradchain._keypaths import Leaf, walk
+from gradchain._keypaths import Leaf, segments, walk
+from gradchain._rules import _check_pattern, _glob_match
 
 Axes = int | tuple[int, ...]
+PathPattern = str | re.Pattern[str]
 
 
 class MuonDimensionNumbers(NamedTuple):
@@ -120,8 +126,62 @@ def _default_routes(tree: Any) -> Any:
     )
 
 
-def route_resolver(fn: str, what: str, spec: Any) -> Callable[[Any], list[Leaf]]:
-    """A function from a tree to its leaves, each with its _Route."""
+def _matcher(fn: str, what: str, patterns: Any) -> Callable[[tuple[str, ...]], bool]:
+    """Whether a path's segments match any of ``patterns`` (globs or compiled regexes)."""
+    pats = (patterns,) if isinstance(patterns, str | re.Pattern) else tuple(patterns)
+    for p in pats:
+        _check_pattern(f"{fn}: in `{what}`", p)
+
+    def matches(parts: tuple[str, ...]) -> bool:
+        joined = "/".join(parts)
+        return any(
+            bool(p.fullmatch(joined))
+            if isinstance(p, re.Pattern)
+            else _glob_match(tuple(p.split("/")), parts)
+            for p in pats
+        )
+
+    return matches
+
+
+def is_path_rules(spec: Any) -> bool:
+    """Whether ``spec`` is a list of ``(pattern, MuonDimensionNumbers | None)`` pairs."""
+    return (
+        isinstance(spec, list | tuple)
+        and bool(spec)
+        and all(
+            isinstance(r, tuple)
+            and not isinstance(r, MuonDimensionNumbers)
+            and len(r) == 2
+            and isinstance(r[0], str | re.Pattern)
+            for r in spec
+        )
+    )
+
+
+def _path_rules(
+    fn: str, what: str, spec: Sequence[tuple[Any, Any]]
+) -> list[tuple[Callable[[tuple[str, ...]], bool], _Route]]:
+    rules = []
+    for i, (pattern, dims) in enumerate(spec):
+        if dims is not None and not isinstance(dims, MuonDimensionNumbers):
+            raise TypeError(
+                f"{fn}: rule {i} of `{what}` ({pattern!r}) must give a MuonDimensionNumbers or "
+                f"None (not a matrix); got {type(dims).__name__} {dims!r:.60}."
+            )
+        rules.append((_matcher(fn, what, pattern), _Route(dims)))
+    return rules
+
+
+def route_resolver(fn: str, what: str, spec: Any, exclude: Any = ()) -> Callable[[Any], list[Leaf]]:
+    """A function from a tree to its leaves, each with its _Route.
+
+    ``spec`` is None (2-D leaves are (in, out) matrices), one
+    MuonDimensionNumbers for every leaf, a tree (prefix) of them with None for
+    "not a matrix", a function of the tree returning such a tree, or path rules
+    ``[(pattern, dims or None), ...]`` (the first match wins; unmatched leaves
+    follow the 2-D rule). Leaves whose path matches ``exclude`` are not matrices.
+    """
 
     def check(keys: tuple[Any, ...], entry: Any) -> _Route:
         if not isinstance(entry, _Route):
@@ -131,21 +191,50 @@ def route_resolver(fn: str, what: str, spec: Any) -> Callable[[Any], list[Leaf]]
             )
         return entry
 
+    excluded = _matcher(fn, "exclude", exclude)
+    rules = _path_rules(fn, what, spec) if is_path_rules(spec) else None
     if isinstance(spec, MuonDimensionNumbers):
         fixed: Any = _Route(spec)
-    elif spec is None or callable(spec):
+    elif spec is None or rules is not None or callable(spec):
         fixed = None
     else:
         fixed = _wrap(fn, spec)
 
+    def route(leaf: Leaf) -> Leaf:
+        parts = segments(leaf.keys)
+        if excluded(parts):
+            return leaf._replace(spec=_Route(None))
+        for matches, r in rules or ():
+            if matches(parts):
+                return leaf._replace(spec=r)
+        return leaf
+
     def resolve(tree: Any) -> list[Leaf]:
-        if spec is None:
+        if spec is None or rules is not None:
             routes = _default_routes(tree)
         elif fixed is not None:
             routes = fixed
         else:
             assert callable(spec)
             routes = _wrap(fn, spec(tree))
-        return walk(fn, what, routes, tree, check)
+        return [route(leaf) for leaf in walk(fn, what, routes, tree, check)]
 
     return resolve
+
+
+class DimensionNumbersOf:
+    """The routing as ``weight_dimension_numbers`` for the matrix group: a function of a tree.
+
+    Called on the matrix group's tree (the other leaves are MaskedNodes), it
+    returns each leaf's MuonDimensionNumbers, as the partition resolved them.
+    """
+
+    def __init__(self, resolve: Callable[[Any], list[Leaf]]) -> None:
+        self.resolve = resolve
+
+    def __call__(self, tree: Any) -> Any:
+        found = self.resolve(tree)
+        return jax.tree.structure(tree).unflatten([leaf.spec.dims for leaf in found])
+
+    def __repr__(self) -> str:
+        return "<the dimension numbers of matrix_partition's routing>"

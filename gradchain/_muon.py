@@ -29,6 +29,7 @@ from gradchain._combine import chain
 from gradchain._hyperparams import Hyperparams, HyperparamSpec, hyperparam_transform, values
 from gradchain._keypaths import Leaf
 from gradchain._matrices import (
+    DimensionNumbersOf,
     MatrixView,
     _as_matrices,
     _from_matrices,
@@ -36,8 +37,8 @@ from gradchain._matrices import (
     route_resolver,
 )
 from gradchain._moments import scale_by_adam
-from gradchain._partition import grouped, register_groups
 from gradchain._regularizing import add_decayed_weights
+from gradchain._routing import build_matrix_partition
 from gradchain._rules import path_of
 from gradchain._scaling import scale_by_learning_rate
 from gradchain._wrappers import MaskOrFn
@@ -361,58 +362,38 @@ def muon(
     if consistent_rms is not None:
         _check.positive(fn, "consistent_rms", consistent_rms)
     routes = route_resolver(fn, "muon_weight_dimension_numbers", muon_weight_dimension_numbers)
-    muon_tx = scale_by_muon(
-        ns_coeffs,
-        ns_steps,
-        beta,
-        eps,
-        mu_dtype,
-        nesterov=nesterov,
-        adaptive=adaptive,
-        preconditioning=preconditioning,
-        weight_dimension_numbers=_routes_only(routes),
-    )
-    transforms = {
-        "adam": chain(
-            scale_by_adam(adam_b1, adam_b2, eps, adam_eps_root, nesterov=nesterov),
-            add_decayed_weights(adam_weight_decay, weight_decay_mask),
-            scale_by_learning_rate(
-                learning_rate if adam_learning_rate is None else adam_learning_rate
+
+    def muon_group(dims: DimensionNumbersOf) -> GradientTransformationExtraArgs:
+        return chain(
+            scale_by_muon(
+                ns_coeffs,
+                ns_steps,
+                beta,
+                eps,
+                mu_dtype,
+                nesterov=nesterov,
+                adaptive=adaptive,
+                preconditioning=preconditioning,
+                weight_dimension_numbers=dims,
             ),
-        ),
-        "muon": chain(
-            muon_tx,
-            _scale_by_muon_shape(routes, consistent_rms),
+            _scale_by_muon_shape(dims.resolve, consistent_rms),
             add_decayed_weights(weight_decay, weight_decay_mask),
             scale_by_learning_rate(learning_rate),
-        ),
-    }
+        )
 
-    def labels(tree: Any) -> list[Leaf]:
-        return [
-            leaf._replace(spec="adam" if leaf.spec.dims is None else "muon")
-            for leaf in routes(tree)
-        ]
-
-    tx = grouped(fn, transforms, labels)
-    register_groups(
-        tx,
-        labels,
-        transforms,
-        {"muon": "matrices (muon_weight_dimension_numbers)", "adam": "everything else"},
+    adam = chain(
+        scale_by_adam(adam_b1, adam_b2, eps, adam_eps_root, nesterov=nesterov),
+        add_decayed_weights(adam_weight_decay, weight_decay_mask),
+        scale_by_learning_rate(learning_rate if adam_learning_rate is None else adam_learning_rate),
     )
-    return tx
-
-
-class _routes_only:  # noqa: N801 (used like a function)
-    """A dimension-numbers function for the Muon group: each leaf's route, looked up by path."""
-
-    def __init__(self, resolve: Callable[[Any], list[Leaf]]) -> None:
-        self.resolve = resolve
-
-    def __call__(self, tree: Any) -> Any:
-        found = self.resolve(tree)
-        return jax.tree.structure(tree).unflatten([leaf.spec.dims for leaf in found])
+    return build_matrix_partition(
+        fn,
+        muon_group,
+        adam,
+        routes,
+        ("muon", "adam"),
+        ("matrices (muon_weight_dimension_numbers)", "everything else"),
+    )
 
 
 class MuonRoute(NamedTuple):
@@ -432,6 +413,10 @@ def muon_routing(
     consistent_rms: float | None = None,
 ) -> tuple[MuonRoute, ...]:
     """Where :func:`muon` sends each parameter, and as which matrices, with what scale.
+
+    The same routing as :func:`matrix_routing` with the labels ``"muon"`` and
+    ``"adam"`` (except that one MuonDimensionNumbers applies to every leaf, as
+    in :func:`scale_by_muon`), plus Muon's shape scale of each matrix.
 
     Args:
       params: the parameters (arrays or ``jax.ShapeDtypeStruct``).

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradchain import _check, _tree
+from gradchain import _check, _explicit, _tree
 from gradchain._base import GradientTransformation, Params, ScalarOrSchedule, Updates
 from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
 
@@ -40,12 +40,6 @@ class ScaleBySM3State(NamedTuple):
 def _accumulator_dtype(dtype: Any) -> Any:
     """float32 or wider, and real: the accumulators are a few vectors, so precision is cheap."""
     return jnp.finfo(_tree.compute_dtype(dtype)).dtype
-
-
-def _accumulator_shapes(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    if len(shape) <= 1:
-        return [shape]
-    return [(n,) for n in shape]
 
 
 def _expanded(acc: jax.Array, axis: int, ndim: int) -> jax.Array:
@@ -107,7 +101,10 @@ def scale_by_sm3(
     def init_fn(params: Params) -> ScaleBySM3State:
         def accumulators(p: Any) -> list[jax.Array]:
             dt = _accumulator_dtype(p.dtype)
-            return [jnp.zeros(s, dt) for s in _accumulator_shapes(tuple(p.shape))]
+            if len(p.shape) <= 1:
+                return [_tree.zeros_for(p, tuple(p.shape), dt)]
+            # One vector per axis, sharded like that axis of the parameter (see _sharding.py).
+            return [_explicit.zeros_along(p, (a,), dt) for a in range(len(p.shape))]
 
         return ScaleBySM3State(
             step=jnp.zeros([], jnp.int32),

@@ -208,12 +208,38 @@ def state_dtype(param_dtype: Any, dtype: Any | None) -> Any:
 
 
 def zeros_like(params: Any, dtype: Any | None = None) -> Any:
-    """Zeros shaped like each parameter leaf (arrays or ShapeDtypeStructs), optionally recast."""
+    """Zeros shaped like each parameter leaf (arrays or ShapeDtypeStructs), optionally recast.
+
+    Each leaf takes its parameter's sharding (a ``ShapeDtypeStruct`` without
+    one gives the default placement), so ``tx.init(sharded_params)`` builds a
+    state that a jitted update keeps as it is, under an Explicit mesh too.
+    None leaves stay None.
+    """
 
     def zeros(p: Any) -> jax.Array:
-        return jnp.zeros(jnp.shape(p), dtype if dtype is not None else p.dtype)
+        return like(p, dtype if dtype is not None else p.dtype)
 
     return jax.tree.map(zeros, params)
+
+
+def like(p: Any, dtype: Any, fill: Any = 0) -> jax.Array:
+    """An array of ``p``'s shape and sharding filled with ``fill``, of dtype ``dtype``.
+
+    ``p`` is an array or a ``jax.ShapeDtypeStruct``; the dtype is always
+    given, so a weakly typed parameter never gives a weakly typed state leaf.
+    """
+    return jnp.full_like(p, fill, dtype=dtype)
+
+
+def zeros_for(p: Any, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+    """Zeros of ``shape`` kept for parameter ``p``: with ``p``'s sharding when shaped like it.
+
+    The rule of :func:`gradchain.state_shardings`: a state leaf of its
+    parameter's shape follows the parameter, any other shape is replicated.
+    """
+    if tuple(shape) == tuple(jnp.shape(p)):
+        return like(p, dtype)
+    return jnp.zeros(shape, dtype)
 
 
 def accumulator_like(params: Any, dtype: Any | None = None) -> Any:
@@ -224,7 +250,7 @@ def accumulator_like(params: Any, dtype: Any | None = None) -> Any:
     """
 
     def zeros(p: Any) -> jax.Array:
-        return jnp.zeros(jnp.shape(p), state_dtype(p.dtype, dtype))
+        return like(p, state_dtype(p.dtype, dtype))
 
     return jax.tree.map(zeros, params)
 
@@ -233,7 +259,7 @@ def full_like(params: Any, value: float, dtype: Any | None = None) -> Any:
     """Arrays filled with ``value`` shaped like each parameter leaf."""
 
     def full(p: Any) -> jax.Array:
-        return jnp.full(jnp.shape(p), value, dtype if dtype is not None else p.dtype)
+        return like(p, dtype if dtype is not None else p.dtype, value)
 
     return jax.tree.map(full, params)
 

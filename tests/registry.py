@@ -157,6 +157,18 @@ def with_fn(name: str, tx: Any) -> gc.GradientTransformationExtraArgs:
     return gc.GradientTransformationExtraArgs(tx.init, update)
 
 
+def with_previous_grads(tx: Any) -> gc.GradientTransformationExtraArgs:
+    """Supplies exact MARS's ``grad_at_previous_params``: half the incoming updates."""
+
+    def update(
+        updates: gc.Updates, state: Any, params: gc.Params | None = None, **extra_args: Any
+    ) -> tuple[gc.Updates, Any]:
+        previous = jax.tree.map(lambda g: g / 2, updates)
+        return tx.update(updates, state, params, grad_at_previous_params=previous, **extra_args)
+
+    return gc.GradientTransformationExtraArgs(tx.init, update)
+
+
 def on_example_batches(tx: Any) -> gc.GradientTransformationExtraArgs:
     """Makes a transform of per-example gradients (DP-SGD) runnable by the suites.
 
@@ -342,8 +354,93 @@ CASES: tuple[Case, ...] = (
     # _muon, _galore (stacked leaves (L, m, n) are L matrices; vectors and scalars: momentum only)
     Case("scale_by_muon", lambda: gc.scale_by_muon(weight_dimension_numbers=_stacked_matrices)),
     Case("muon", lambda: gc.muon(_warmup_cosine, weight_decay=1e-2, consistent_rms=0.2)),
+    # _soap (every rank >= 2 leaf rotated, a refresh every 2 steps so the QR branch runs)
+    Case("scale_by_soap", lambda: gc.scale_by_soap(precondition_frequency=2)),
+    Case(
+        "scale_by_soap",
+        lambda: gc.scale_by_soap(
+            shampoo_beta=0.9, precondition_1d=True, weight_dimension_numbers=_stacked_matrices
+        ),
+        id="stacked",
+    ),
+    Case(
+        "soap",
+        lambda: gc.soap(
+            _warmup_cosine, weight_decay_mask=_not_first_leaf, merge_dims=True, max_precond_dim=4
+        ),
+    ),
+    # _kron (probability 0.5 so both branches of the coin run; a size-2 triangular limit mixes
+    # triangular and diagonal factors; the scale from the first gradient)
+    Case("scale_by_kron", lambda: gc.scale_by_kron(preconditioner_update_probability=0.5)),
+    Case(
+        "scale_by_kron",
+        lambda: gc.scale_by_kron(
+            max_size_triangular=2, memory_save_mode="one_diag", precond_init_scale=None
+        ),
+        id="one_diag",
+    ),
+    Case(
+        "kron",
+        lambda: gc.kron(_warmup_cosine, weight_decay=1e-2, weight_decay_mask=_not_first_leaf),
+    ),
     Case("scale_by_galore", lambda: gc.scale_by_galore(rank=2, update_proj_gap=2)),
     Case("galore", lambda: gc.galore(1e-2, rank=2, update_proj_gap=2, weight_decay=1e-3)),
+    # _shampoo (blocks of 2 so every leaf of rank >= 2 is cut; roots at steps 1 and 3, ...)
+    Case(
+        "scale_by_shampoo",
+        lambda: gc.scale_by_shampoo(
+            2, preconditioning_compute_steps=2, start_preconditioning_step=1, graft_type="rmsprop"
+        ),
+    ),
+    Case(
+        "shampoo",
+        lambda: gc.shampoo(
+            _warmup_cosine,
+            weight_decay=1e-2,
+            weight_decay_mask=_not_first_leaf,
+            start_preconditioning_step=2,
+            preconditioning_compute_steps=1,
+            nesterov=True,
+        ),
+    ),
+    # _routing, _scion: matrices (stacks by their last two axes) to Muon or Scion's spectral LMO
+    Case(
+        "matrix_partition",
+        lambda: gc.matrix_partition(
+            lambda dims: gc.chain(
+                gc.scale_by_muon(weight_dimension_numbers=dims), gc.scale_by_learning_rate(0.02)
+            ),
+            gc.adamw(_warmup_cosine, weight_decay=1e-2),
+            dimension_numbers=gc.MuonDimensionNumbers(-2, -1),
+            exclude="a/**",
+        ),
+    ),
+    Case("scale_by_scion", lambda: gc.scale_by_scion(weight_dimension_numbers=_stacked_matrices)),
+    Case("scale_by_scion", lambda: gc.scale_by_scion(norms=[("**/b", "rms")]), "rules"),
+    Case("scion", lambda: gc.scion(_warmup_cosine, radius=5.0, mu_dtype="bfloat16")),
+    Case("scion", lambda: gc.scion(1e-2, beta=0.0, unconstrained=True), "unconstrained"),
+    # _cautious, _mars, _adam_mini (tests/test_cautious_mars_adam_mini.py)
+    Case("cautious", lambda: gc.cautious(gc.scale_by_adam())),
+    Case(
+        "cautious",
+        lambda: gc.cautious(gc.sgd(0.1, momentum=0.9), 0.0, orientation="descent"),
+        "descent",
+    ),
+    Case("cautious_adamw", lambda: gc.cautious_adamw(_warmup_cosine, mask=_not_first_leaf)),
+    Case("cautious_lion", lambda: gc.cautious_lion(1e-4, mu_dtype="bfloat16")),
+    Case("scale_by_mars", lambda: gc.scale_by_mars(gamma=_warmup_cosine)),
+    Case("scale_by_mars", lambda: with_previous_grads(gc.scale_by_mars(approx=False)), "exact"),
+    Case("mars", lambda: gc.mars(_warmup_cosine, weight_decay=1e-2, mask=_not_first_leaf)),
+    Case("mars", lambda: gc.mars(1e-3, optimize_1d=True), "optimize_1d"),
+    Case("scale_by_adam_mini", gc.scale_by_adam_mini),
+    Case(
+        "scale_by_adam_mini",
+        lambda: gc.scale_by_adam_mini(blocks=[("a/**", "coordinate"), ("b/**", "tensor")]),
+        "rules",
+    ),
+    Case(
+        "adam_mini", lambda: gc.adam_mini(_warmup_cosine, weight_decay=1e-2, mask=_not_first_leaf)
+    ),
     # _guards and _accumulate
     Case("apply_if_finite", lambda: gc.apply_if_finite(gc.adam(1e-3), 2)),
     Case("skip_spikes", lambda: gc.skip_spikes(gc.adam(1e-3), warmup=2, threshold=1.0)),
@@ -472,11 +569,14 @@ HELPERS = frozenset(
         "apply_updates",
         "eval_params",
         "explain",
+        "find_learning_rate",  # gradchain/_lr_finder.py (a training tool; tests/test_sweeps.py)
         "get_hyperparams",
         "get_telemetry",
         "global_norm",
         "matrix_inverse_pth_root",  # gradchain/_linalg.py (tests/test_muon.py)
+        "matrix_routing",  # gradchain/_routing.py (tests/test_routing.py)
         "microbatch",  # gradchain/_microbatch.py (a function transformation, not a transform)
+        "adam_mini_blocks",  # gradchain/_adam_mini.py (tests/test_cautious_mars_adam_mini.py)
         "muon_routing",  # gradchain/_muon.py
         "power_iteration",  # gradchain/_linalg.py (tests/test_muon.py)
         "schedule_free_eval_params",  # gradchain/_schedule_free.py
@@ -487,6 +587,10 @@ HELPERS = frozenset(
         "safe_increment",  # gradchain/_utilities.py
         "safe_int32_increment",  # gradchain/_utilities.py
         "safe_norm",  # gradchain/_utilities.py
+        "register_state_sharding_rule",  # gradchain/_sharding.py (tests/test_sharding.py)
+        "state_shardings",  # gradchain/_sharding.py (tests/test_sharding.py)
+        "sweep",  # gradchain/_sweeps.py (a training tool; tests/test_sweeps.py)
+        "zero1_shardings",  # gradchain/_zero.py (tests/test_sharding.py)
         "safe_root_mean_squares",  # gradchain/_utilities.py
         "tree_map_params",  # gradchain/_utilities.py
         "update_infinity_moment",  # gradchain/_utilities.py

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 import jax
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -60,3 +61,13 @@ def test_cli_defaults_are_the_documented_full_run():
         3,
     )
     assert bench_adam._parse_args(["--quick"]).quick
+
+
+@pytest.mark.slow  # three compilations of the digits MLP, ~10 s
+def test_quick_sweep_benchmark_reports_every_ratio(capsys):
+    bench_sweep = load_benchmark("bench_sweep")
+    (row,) = bench_sweep.main(quick=True)
+    assert row.k == 2
+    for ratio in (row.run_ratio, row.total_ratio, row.naive_ratio):
+        assert math.isfinite(ratio) and ratio > 0
+    assert "| 2 |" in capsys.readouterr().out
