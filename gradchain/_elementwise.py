@@ -190,7 +190,9 @@ def add_noise(
 
     def init_fn(params: Params) -> AddNoiseState:
         del params
-        return AddNoiseState(jnp.zeros([], jnp.int32), jax.random.key_data(typed_key), spec.init())
+        # A copy: under a mesh it is laid out on it like `step`, as `update` returns it.
+        key_data = jnp.array(jax.random.key_data(typed_key))
+        return AddNoiseState(jnp.zeros([], jnp.int32), key_data, spec.init())
 
     def update_fn(
         updates: Updates, state: AddNoiseState, params: Params | None = None

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradchain import _check, _tree
+from gradchain import _check, _explicit, _tree
 from gradchain import _kron_factors as kf
 from gradchain._base import (
     GradientTransformation,
@@ -217,7 +217,7 @@ def scale_by_kron(
             step=jnp.zeros([], jnp.int32),
             mu=_tree.accumulator_like(params, mu_dt),
             qs=treedef.unflatten(qs),
-            rng_key=key_data,
+            rng_key=jnp.array(key_data),  # a copy: under a mesh, laid out on it like `step`
             hparams=hparams,
         )
 
@@ -244,14 +244,19 @@ def scale_by_kron(
             mus.append(new_m.astype(m.dtype))
             moms.append(new_m / c1)
 
-        canon = [_canonical(x, q) for x, q in zip(moms, qs, strict=True)]
+        # Under an Explicit mesh every leaf is gathered whole (the factors are replicated, and
+        # leaves of one layout are stacked whatever their shardings); the updates are sharded
+        # back like the gradients at the end.
+        canon = [_canonical(_whole(x), q) for x, q in zip(moms, qs, strict=True)]
         if precond_init_scale is None:  # each leaf's scale from its first gradient
             first = state.step == 0
             qs = [_first_scaled(q, g, first) for g, q in zip(leaves, qs, strict=True)]
         if momentum_into_precond_update:
             fit_in = canon
         else:
-            fit_in = [_canonical(_tree.upcast(g)[0], q) for g, q in zip(leaves, qs, strict=True)]
+            fit_in = [
+                _canonical(_whole(_tree.upcast(g)[0]), q) for g, q in zip(leaves, qs, strict=True)
+            ]
 
         # Leaves of one layout are fitted and preconditioned stacked, under one vmap: the
         # compiled update grows with the number of distinct layouts, not of leaves.
@@ -293,7 +298,7 @@ def scale_by_kron(
             if clip_update_rms and u.size:
                 rms = jnp.sqrt(jnp.mean(u * u))
                 u = u * jnp.minimum(1, _CLIP_RMS / jnp.maximum(rms, 1e-12))
-            outs.append(u.astype(g.dtype))
+            outs.append(_explicit.reshard(u.astype(g.dtype), _explicit.mesh_spec(g)))
         new_state = ScaleByKronState(
             step=step,
             mu=treedef.unflatten(mus),
@@ -319,6 +324,11 @@ def _groups(qs: list[kf.Factors], xs: list[jax.Array]) -> list[list[int]]:
 def _stack(qs: list[kf.Factors]) -> kf.Factors:
     """Factors of leaves of one layout, stacked on a new first axis."""
     return tuple(jnp.stack(fs) for fs in zip(*qs, strict=True))
+
+
+def _whole(x: jax.Array) -> jax.Array:
+    """``x`` replicated if it lies on an Explicit mesh, else ``x`` itself."""
+    return _explicit.replicate(x)[0]
 
 
 def _canonical(x: jax.Array, q: kf.Factors) -> jax.Array:

@@ -126,7 +126,9 @@ def differentially_private_aggregate(
 
     def init_fn(params: Params) -> DifferentiallyPrivateAggregateState:
         del params
-        return DifferentiallyPrivateAggregateState(jnp.zeros([], jnp.int32), key_data, spec.init())
+        # A copy: under a mesh it is laid out on it like `step`, as `update` returns it.
+        step = jnp.zeros([], jnp.int32)
+        return DifferentiallyPrivateAggregateState(step, jnp.array(key_data), spec.init())
 
     def update_fn(
         updates: Updates, state: DifferentiallyPrivateAggregateState, params: Params | None = None

@@ -297,7 +297,9 @@ def scale_by_shampoo(
             k: jnp.where(use, shampoo_dir[k], x) if k in shampoo_dir else x
             for k, x in direction.items()
         }
-        outs = [u.astype(x.dtype) for u, x in zip(blocks.scatter(plan, out), grads, strict=True)]
+        outs = [
+            u.astype(x.dtype) for u, x in zip(blocks.scatter(plan, out, grads), grads, strict=True)
+        ]
         new_state = ScaleByShampooState(
             step=step,
             mu=mu,

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradchain import _linalg, _tree
+from gradchain import _explicit, _linalg, _tree
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -191,11 +191,14 @@ def gather(plan: Plan, leaves: list[jax.Array]) -> Stacks:
     """The tree's leaves laid out in the plan's groups, in each group's compute dtype.
 
     One concatenation per group: the cost of compiling it hardly grows with
-    the number of leaves, unlike per-leaf arithmetic.
+    the number of leaves, unlike per-leaf arithmetic. Under an Explicit mesh
+    each leaf is gathered whole first (:func:`gradchain._explicit.replicate`):
+    a block cuts across the shards, and the groups, like the state kept in
+    them, are replicated; :func:`scatter` shards the results back.
     """
     pieces: dict[str, list[jax.Array]] = {k: [] for k in plan.groups}
     for lp in plan.leaves:
-        x = leaves[lp.index]
+        x, _ = _explicit.replicate(leaves[lp.index])
         if lp.flat is not None:
             pieces[lp.flat[0]].append(x.reshape(-1).astype(plan.groups[lp.flat[0]].compute))
             continue
@@ -205,21 +208,27 @@ def gather(plan: Plan, leaves: list[jax.Array]) -> Stacks:
     return {k: v[0] if len(v) == 1 else jnp.concatenate(v) for k, v in pieces.items()}
 
 
-def scatter(plan: Plan, stacks: Stacks) -> list[jax.Array]:
-    """Inverse of :func:`gather`: each leaf assembled from its groups (stacks' dtypes)."""
+def scatter(plan: Plan, stacks: Stacks, like: list[jax.Array]) -> list[jax.Array]:
+    """Inverse of :func:`gather`: each leaf assembled from its groups (stacks' dtypes).
+
+    Each leaf is sharded like its counterpart in ``like`` (the leaves given to
+    :func:`gather`) where that lies on an Explicit mesh.
+    """
     out = []
     for lp in plan.leaves:
+        spec = _explicit.mesh_spec(like[lp.index])
         if lp.flat is not None:
             key, offset = lp.flat
             size = math.prod(lp.shape)
-            out.append(stacks[key][offset : offset + size].reshape(lp.shape))
+            leaf = stacks[key][offset : offset + size].reshape(lp.shape)
+            out.append(_explicit.reshard(leaf, spec))
             continue
         boxes = []
         for region in lp.regions:
             n = math.prod(region.counts)
             blocks = stacks[region.key][region.offset : region.offset + n]
             boxes.append(_region_from_blocks(blocks, region))
-        out.append(_assemble(boxes, list(lp.runs)).reshape(lp.shape))
+        out.append(_explicit.reshard(_assemble(boxes, list(lp.runs)).reshape(lp.shape), spec))
     return out
 
 

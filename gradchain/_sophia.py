@@ -129,7 +129,8 @@ def hutchinson_estimator_diag_hessian(
 
     def init_fn(params: Params) -> HutchinsonState:
         del params
-        return HutchinsonState(key=jnp.asarray(key0))
+        # A copy (not asarray): under a mesh it is laid out on it, as `update` returns it.
+        return HutchinsonState(key=jnp.array(key0))
 
     def update_fn(
         updates: Updates,

@@ -194,25 +194,16 @@ RESHARDED_BY_XLA = {
     "galore",
     "scale_by_soap",
     "soap",
+    # Shampoo's group stacks (moments, statistics, roots), replicated by the generic rule, which
+    # XLA shards along the gradients' blocks (gathering leaves whole is for Explicit meshes only).
     "scale_by_shampoo",
     "shampoo",
-    "scale_by_kron",  # its per-axis factors, replicated by the generic rule
+    "scale_by_kron",  # its per-axis factors: a vector's diagonal factor goes like the vector
     "kron",
 }
 # Transforms whose update does not trace under an Explicit mesh (JAX 0.10.2's default for
 # jax.make_mesh), each with its reason.
-NOT_EXPLICIT = {
-    # gradchain/_shampoo_blocks.py's gather reshapes a sharded leaf into blocks without an
-    # out_sharding; gathering the leaf whole first (gradchain/_explicit.replicate, as SOAP
-    # does) would fix it. Another engineer's module: not changed here.
-    "scale_by_shampoo",
-    "shampoo",
-    # gradchain/_kron.py: the branches of the preconditioner fit's lax.cond differ in sharding,
-    # and _kron_factors._gram contracts sharded axes without an out_sharding
-    # (gradchain/_explicit.einsum would state it).
-    "scale_by_kron",
-    "kron",
-}
+NOT_EXPLICIT: set[str] = set()
 
 
 def _mesh(kind: jax.sharding.AxisType) -> jax.sharding.Mesh:
@@ -322,7 +313,8 @@ def _one_device_and_explicit_updates(case: Case) -> tuple[Any, Any, Any, Any]:
 
 # The transforms that needed their sharding stated (gradchain/_explicit.py): Newton-Schulz's
 # products, flatten's reshapes, the learning-rate-free methods' dot products, GaLore's SVD,
-# SOAP's factors, multi_steps' lax.cond; Adafactor and SM3 build per-axis state.
+# SOAP's factors, multi_steps' lax.cond; Adafactor and SM3 build per-axis state; Shampoo's
+# blocks and PSGD-Kron's factors, from each leaf gathered whole.
 EXPLICIT_FIXED = (
     "muon",
     "flatten",
@@ -339,6 +331,10 @@ EXPLICIT_FIXED = (
     "adafactor",
     "scale_by_sm3",
     "adam_mini",
+    "scale_by_shampoo",
+    "shampoo",
+    "scale_by_kron",
+    "kron",
 )
 EXPLICIT_FIXED_FAST = ("muon", "flatten", "prodigy")
 
@@ -380,6 +376,17 @@ def test_a_state_built_by_init_under_an_explicit_mesh_keeps_its_types_through_up
 @pytest.mark.parametrize("key", EXPLICIT_FIXED)
 def test_every_fixed_transform_under_an_explicit_mesh_equals_one_device_and_keeps_types(key: str):
     _check_explicit_equals_one_device(key)
+    _check_eager_init_keeps_every_state_type(key)
+
+
+@pytest.mark.parametrize("key", ("add_noise", "dpsgd", "sophia"))
+def test_a_key_in_the_state_is_laid_out_on_the_mesh_by_init_as_update_returns_it(key: str):
+    _check_eager_init_keeps_every_state_type(key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", sorted(_BY_KEY))
+def test_every_state_built_by_init_under_an_explicit_mesh_keeps_its_types_through_update(key: str):
     _check_eager_init_keeps_every_state_type(key)
 
 
