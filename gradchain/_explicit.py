@@ -202,3 +202,24 @@ def zeros_along(p: Any, axes: tuple[int, ...], dtype: Any) -> jax.Array:
     entries = tuple(sharding.spec) + (None,) * (len(jnp.shape(p)) - len(sharding.spec))
     kept = NamedSharding(sharding.mesh, PartitionSpec(*(entries[a] for a in axes)))
     return jnp.zeros(shape, dtype, device=kept)
+
+
+def zeros_stacked(p: Any, n: int, dtype: Any) -> jax.Array:
+    """Zeros of shape ``(n, *p.shape)``, sharded like ``p`` along its axes, whole along ``n``.
+
+    For a history of a parameter (L-BFGS's memory): the layout
+    :func:`gradchain.state_shardings` declares. ``p`` placed with a
+    ``NamedSharding`` or typed on an Explicit mesh gives it; anything else
+    gives plain zeros.
+    """
+    shape = (n, *jnp.shape(p))
+    if isinstance(p, Tracer):
+        spec = mesh_spec(p)
+        if spec is None:
+            return jnp.zeros(shape, dtype)
+        return jnp.zeros(shape, dtype, out_sharding=_on_mesh_of((p,), PartitionSpec(None, *spec)))
+    sharding = getattr(p, "sharding", None)
+    if not isinstance(sharding, NamedSharding):
+        return jnp.zeros(shape, dtype)
+    stacked = NamedSharding(sharding.mesh, PartitionSpec(None, *sharding.spec))
+    return jnp.zeros(shape, dtype, device=stacked)

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradchain import _check, _tree
+from gradchain import _check, _explicit, _tree
 from gradchain._base import (
     AnyTransformation,
     GradientTransformation,
@@ -43,7 +43,7 @@ class ScaleByLBFGSState(NamedTuple):
 
 def _stacked_zeros(params: Params, memory_size: int) -> Updates:
     def zeros(p: Any) -> jax.Array:
-        return jnp.zeros((memory_size, *jnp.shape(p)), _tree.compute_dtype(p.dtype))
+        return _explicit.zeros_stacked(p, memory_size, _tree.compute_dtype(p.dtype))
 
     return jax.tree.map(zeros, params)
 
