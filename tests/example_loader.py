@@ -10,6 +10,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -26,3 +27,31 @@ def load_example(name: str) -> ModuleType:
     sys.modules[name] = module  # dataclasses look their module up here
     spec.loader.exec_module(module)
     return module
+
+
+def digits_validation_accuracy(tx: Any, steps: int) -> float:
+    """Validation accuracy of the shared digits MLP after `steps` full-batch steps of `tx`.
+
+    The optimizer tests' common yardstick: ``examples/common.py``'s digits split
+    and MLP (seed 0), trained in one jitted ``lax.scan``.
+    """
+    import jax
+
+    import gradchain as gc
+
+    common = load_example("common")
+    data = common.digits()
+
+    def loss(p: Any) -> jax.Array:
+        return common.cross_entropy(common.mlp_logits(p, data.x_train), data.y_train)
+
+    def body(carry: Any, _: Any) -> tuple[Any, None]:
+        p, state = carry
+        updates, state = tx.update(jax.grad(loss)(p), state, p)
+        return (gc.apply_updates(p, updates), state), None
+
+    def train(p: Any) -> Any:
+        return jax.lax.scan(body, (p, tx.init(p)), None, length=steps)[0][0]
+
+    params = jax.jit(train)(common.init_mlp(jax.random.key(0)))
+    return float(common.accuracy(common.mlp_logits(params, data.x_val), data.y_val))

@@ -28,7 +28,7 @@ import pytest
 
 import gradchain as gc
 from gradchain import _shampoo_blocks
-from tests.example_loader import load_example
+from tests.example_loader import digits_validation_accuracy
 from tests.ranges import NON_NEGATIVE, RATE, UNIT
 
 RTOL = 1e-3
@@ -291,9 +291,6 @@ def test_minimizes_rosenbrock_in_scan() -> None:
 
 
 def test_trains_the_digits_mlp_to_95_percent_validation_accuracy_in_300_steps() -> None:
-    common = load_example("common")
-    data = common.digits()
-    params = common.init_mlp(jax.random.key(0))
     tx = gc.shampoo(
         3e-3,
         block_size=32,
@@ -301,20 +298,7 @@ def test_trains_the_digits_mlp_to_95_percent_validation_accuracy_in_300_steps() 
         preconditioning_compute_steps=10,
         weight_decay=1e-4,
     )
-
-    def loss(p: Any) -> jax.Array:
-        return common.cross_entropy(common.mlp_logits(p, data.x_train), data.y_train)
-
-    def body(carry: Any, _: Any) -> tuple[Any, None]:
-        p, state = carry
-        updates, state = tx.update(jax.grad(loss)(p), state, p)
-        return (gc.apply_updates(p, updates), state), None
-
-    (params, _), _ = jax.jit(lambda c: jax.lax.scan(body, c, None, length=300))(
-        (params, tx.init(params))
-    )
-    acc = common.accuracy(common.mlp_logits(params, data.x_val), data.y_val)
-    assert float(acc) >= 0.95
+    assert digits_validation_accuracy(tx, steps=300) >= 0.95
 
 
 # --- 5. Compile time on wide trees -----------------------------------------------------------
