@@ -182,6 +182,15 @@ def _sync_hparams(old: OptState, fresh: OptState) -> OptState:
     return treedef.unflatten(merged)
 
 
+def _stored(numeric: dict[str, Any], dtype: Any) -> dict[str, jax.Array]:
+    """Numeric hyperparameters as ``inject_hyperparams`` keeps them: arrays of ``dtype``."""
+    return {k: jnp.asarray(v).astype(dtype) for k, v in numeric.items()}
+
+
+def _name(factory: Callable[..., Any]) -> str:
+    return getattr(factory, "__name__", type(factory).__name__)
+
+
 def inject_hyperparams(
     inner_factory: Callable[..., AnyTransformation],
     static_args: str | tuple[str, ...] = (),
@@ -243,7 +252,21 @@ def inject_hyperparams(
         other = {k: v for k, v in arguments.items() if k not in schedules and k not in numeric}
         # Build once now, schedules at step 0, so that bad values fail here, not at init.
         step0 = jnp.zeros([], jnp.int32)
-        inner_factory(**other, **numeric, **{k: s(step0) for k, s in schedules.items()})
+        at_step0 = {k: s(step0) for k, s in schedules.items()}
+        inner_factory(**other, **numeric, **at_step0)
+        # Then as the update will see them, stored as arrays: a factory that needs a Python
+        # integer (a period, a size) fails here, with the way out named.
+        try:
+            inner_factory(**other, **_stored(numeric, hp_dtype), **at_step0)
+        except (TypeError, ValueError) as error:
+            ints = sorted(k for k, v in numeric.items() if isinstance(v, int))
+            if not ints:
+                raise
+            raise type(error)(
+                f"{error}\ninject_hyperparams({_name(inner_factory)}) stores numeric arguments "
+                f"as {hp_dtype} arrays; if an integer argument must stay a Python number, "
+                f"name it in static_args, e.g. static_args={tuple(ints)!r}."
+            ) from error
 
         def current(step: jax.Array, stored: dict[str, jax.Array]) -> dict[str, jax.Array]:
             out = {k: stored[k] for k in numeric}
@@ -255,8 +278,7 @@ def inject_hyperparams(
 
         def init_fn(params: Params) -> InjectHyperparamsState:
             step = jnp.zeros([], jnp.int32)
-            stored = {k: jnp.asarray(v).astype(hp_dtype) for k, v in numeric.items()}
-            hps = current(step, stored)
+            hps = current(step, _stored(numeric, hp_dtype))
             return InjectHyperparamsState(step, hps, build(hps).init(params))
 
         def update_fn(

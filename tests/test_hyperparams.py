@@ -165,6 +165,18 @@ def test_inject_hyperparams_keeps_float32_for_bfloat16_params():
     assert state.hyperparams["learning_rate"].dtype == jnp.float32
 
 
+def test_inject_hyperparams_names_static_args_for_integer_arguments():
+    # SOAP's preconditioning period must be a Python integer; stored as a float32 array it is
+    # refused at construction, and the error says how to keep it static.
+    with pytest.raises(
+        TypeError, match=r"(?s)precondition_frequency.*static_args=.*precondition_freq"
+    ):
+        gc.inject_hyperparams(gc.soap)(learning_rate=1e-3)
+    static = ("precondition_frequency", "max_precond_dim")
+    tx = gc.inject_hyperparams(gc.soap, static_args=static)(learning_rate=1e-3)
+    assert set(tx.init(PARAMS).hyperparams) >= {"learning_rate", "b1"}
+
+
 def test_set_on_inject_state_changes_the_next_update():
     tx = gc.inject_hyperparams(gc.sgd)(learning_rate=0.1)
     state = gc.set_hyperparams(tx.init(PARAMS), learning_rate=2.0)
