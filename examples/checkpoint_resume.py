@@ -62,6 +62,7 @@ runs still agree).
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -147,7 +148,7 @@ def make_train_step(
     def loss_fn(params: common.MlpParams, x: jax.Array, y: jax.Array) -> jax.Array:
         return common.cross_entropy(common.mlp_logits(params, x), y)
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=0)  # parameters and state updated in place
     def train_step(state: TrainState, step: jax.Array) -> tuple[TrainState, jax.Array]:
         key = jax.random.fold_in(batch_key, step)
         idx = jax.random.choice(key, data.x_train.shape[0], (batch_size,))

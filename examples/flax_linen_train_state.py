@@ -46,6 +46,7 @@ and costs accuracy).
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -124,7 +125,7 @@ def main(
     batch_key = jax.random.key(seed + 1)
     traces = 0
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=0)  # the TrainState is updated in place
     def train_step(
         state: train_state.TrainState, step: jax.Array
     ) -> tuple[train_state.TrainState, jax.Array]:

@@ -125,7 +125,7 @@ def main(
     batch_key = jax.random.key(seed + 2)
     traces = 0
 
-    @nnx.jit
+    @nnx.jit(donate_argnums=(0, 1))  # the model and optimizer state updated in place
     def train_step(model: Classifier, optimizer: nnx.Optimizer, step: jax.Array) -> jax.Array:
         nonlocal traces
         traces += 1  # runs while tracing only

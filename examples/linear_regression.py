@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -220,7 +221,7 @@ def fit(method: Method, data: Data, epochs: int, key: jax.Array) -> Result:
         updates, opt_state = tx.update(grads, opt_state, params)
         return (gc.apply_updates(params, updates), opt_state), None
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=0)  # fresh parameters, updated in place
     def run(params: Params, x: jax.Array, y: jax.Array, key: jax.Array) -> tuple[Params, jax.Array]:
         def epoch(carry: Carry, epoch_key: jax.Array) -> tuple[Carry, jax.Array]:
             if method.batch_size is None:

@@ -227,7 +227,7 @@ def main(
     start = _flat(params0)
     batch_key = jax.random.key(seed + 1)
 
-    @nnx.jit
+    @nnx.jit(donate_argnums=(0, 1))  # the model and optimizer state updated in place
     def train_step(model: ResidualMLP, optimizer: nnx.Optimizer, step: jax.Array) -> jax.Array:
         idx = jax.random.choice(
             jax.random.fold_in(batch_key, step), data.x_train.shape[0], (batch_size,)
