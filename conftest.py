@@ -25,6 +25,14 @@ def pytest_addoption(parser):
         action="store_true",
         help="also run the cases marked slow, and many more hypothesis examples per property",
     )
+    parser.addoption(
+        "--fuzz-examples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tests/test_fuzz.py: fuzz every registered case with N hypothesis examples per "
+        "property (the long profile; default: the suite's profile, on a subset of cases)",
+    )
 
 
 def pytest_configure(config):
@@ -46,7 +54,7 @@ def pytest_report_header(config):
 def pytest_collection_modifyitems(config, items):
     # Deselected rather than skipped: a skip line per case would bury the real skips, and
     # the header above says once why they do not run.
-    if config.getoption("--slow"):
+    if config.getoption("--slow") or config.getoption("--fuzz-examples"):
         return
     slow = [item for item in items if "slow" in item.keywords]
     if slow:

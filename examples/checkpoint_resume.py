@@ -56,7 +56,8 @@ Run it::
 Things to try: ``--phase resume --steps 600`` after a 400-step ``train``
 (refused: the schedule differs); ``ls out/checkpoint_resume/200/state`` to see
 what Orbax wrote; ``--clip 0.1`` (clipping is active on most steps, and the
-runs still agree).
+runs still agree). To resume into a *changed* optimizer (a transform added to
+the chain, a layer added), restore without a target and call ``gc.restore_state``.
 """
 
 from __future__ import annotations

@@ -130,6 +130,9 @@ from gradchain._explain import Explanation as Explanation
 from gradchain._explain import explain as explain
 from gradchain._factored import FactoredState as FactoredState
 from gradchain._factored import scale_by_factored_rms as scale_by_factored_rms
+from gradchain._flat_params import FlatLayout as FlatLayout
+from gradchain._flat_params import FlatParams as FlatParams
+from gradchain._flat_params import flatten_params as flatten_params
 from gradchain._flatten import flatten as flatten
 from gradchain._galore import GaLoreDimensionNumbers as GaLoreDimensionNumbers
 from gradchain._galore import GaLoreState as GaLoreState
@@ -260,11 +263,18 @@ from gradchain._privacy import (
 )
 from gradchain._privacy import differentially_private_aggregate as differentially_private_aggregate
 from gradchain._privacy import dpsgd as dpsgd
+from gradchain._quantize import QuantizedArray as QuantizedArray
+from gradchain._quantize import QuantizeStateState as QuantizeStateState
+from gradchain._quantize import quantize_state as quantize_state
+from gradchain._quantize import state_bytes_per_param as state_bytes_per_param
 from gradchain._radam import ScaleByRadamState as ScaleByRadamState
 from gradchain._radam import scale_by_radam as scale_by_radam
 from gradchain._regularizing import AddDecayedWeightsState as AddDecayedWeightsState
 from gradchain._regularizing import add_decayed_weights as add_decayed_weights
 from gradchain._regularizing import add_l1_penalty as add_l1_penalty
+from gradchain._restore import RestoreReport as RestoreReport
+from gradchain._restore import restore_state as restore_state
+from gradchain._rounding import apply_updates_stochastic as apply_updates_stochastic
 from gradchain._routing import MatrixRoute as MatrixRoute
 from gradchain._routing import MatrixRouting as MatrixRouting
 from gradchain._routing import matrix_partition as matrix_partition
@@ -383,6 +393,8 @@ __all__ = [
     "EmptyState",
     "Explanation",
     "FactoredState",
+    "FlatLayout",
+    "FlatParams",
     "GaLoreDimensionNumbers",
     "GaLoreState",
     "GradientTransformation",
@@ -417,8 +429,11 @@ __all__ = [
     "Params",
     "PartitionState",
     "ProdigyState",
+    "QuantizeStateState",
+    "QuantizedArray",
     "RealAndImaginary",
     "ReduceOnPlateauState",
+    "RestoreReport",
     "Rule",
     "SAMState",
     "ScalarOrSchedule",
@@ -505,6 +520,7 @@ __all__ = [
     "apply_every",
     "apply_if_finite",
     "apply_updates",
+    "apply_updates_stochastic",
     "bias_correction",
     "cautious",
     "cautious_adamw",
@@ -533,6 +549,7 @@ __all__ = [
     "exponential_decay",
     "find_learning_rate",
     "flatten",
+    "flatten_params",
     "freeze",
     "fromage",
     "galore",
@@ -594,9 +611,11 @@ __all__ = [
     "polynomial_schedule",
     "power_iteration",
     "prodigy",
+    "quantize_state",
     "radam",
     "reduce_on_plateau",
     "register_state_sharding_rule",
+    "restore_state",
     "rmsprop",
     "rprop",
     "safe_increment",
@@ -672,6 +691,7 @@ __all__ = [
     "soap",
     "sophia",
     "split_real_and_imaginary",
+    "state_bytes_per_param",
     "state_shardings",
     "stateless",
     "stateless_with_tree_map",

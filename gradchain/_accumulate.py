@@ -307,7 +307,8 @@ def multi_steps(
         step = jnp.zeros([], jnp.int32)
         _, skip_state = should_skip(_tree.zeros_like(params), step, params)
         acc = _tree.zeros_like(params, acc_dt)
-        return MultiStepsState(step, step, opt.init(params), acc, skip_state, spec.init())
+        gradient_step = jnp.zeros([], jnp.int32)  # its own buffer: a state can be donated
+        return MultiStepsState(step, gradient_step, opt.init(params), acc, skip_state, spec.init())
 
     def update_fn(
         updates: Updates, state: MultiStepsState, params: Params | None = None, **extra_args: Any

@@ -56,6 +56,7 @@ from gradchain._base import (
     Updates,
 )
 from gradchain._combine import chain
+from gradchain._flat_params import refuse_flat_params
 from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
 from gradchain._keypaths import leaves_with_keys, segments
 from gradchain._regularizing import add_decayed_weights
@@ -282,6 +283,9 @@ def scale_by_adam_mini(
     spec = HyperparamSpec(fn, dict(b1=b1, b2=b2, eps=eps), rates=("b1", "b2"))
 
     def init_fn(params: Params) -> ScaleByAdamMiniState:
+        refuse_flat_params(
+            "scale_by_adam_mini", "each leaf's shape and path (one second moment per block)", params
+        )
         views = [view for _, _, _, view in resolve(params)]
         leaves, treedef = jax.tree.flatten(params)
         nu = treedef.unflatten(

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from gradchain import _check, _tree
 from gradchain._base import GradientTransformation, Params, ScalarOrSchedule, Updates
+from gradchain._flat_params import refuse_flat_params
 from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
 from gradchain._wrappers import MaskOrFn, _full_mask
 
@@ -178,6 +179,11 @@ def scale_by_novograd(
     spec = HyperparamSpec(fn, hyperparams, rates=("b2",))
 
     def init_fn(params: Params) -> ScaleByNovogradState:
+        refuse_flat_params(
+            "scale_by_novograd",
+            "each leaf's norm (NovoGrad's second moment is one number per leaf)",
+            params,
+        )
         if mask is not None:
             _full_mask(fn, mask, params)  # a mask of another structure fails here, not later
         nu = jax.tree.map(lambda p: jnp.zeros([], p.dtype), params)

@@ -281,8 +281,10 @@ def scale_by_simplified_ademamix(
     )
 
     def init_fn(params: Params) -> ScaleBySimplifiedAdemamixState:
-        zeros = _tree.zeros_like(params)
-        return ScaleBySimplifiedAdemamixState(jnp.zeros([], jnp.int32), zeros, zeros, spec.init())
+        zeros = _tree.zeros_like  # a buffer per field: a state can be donated
+        return ScaleBySimplifiedAdemamixState(
+            jnp.zeros([], jnp.int32), zeros(params), zeros(params), spec.init()
+        )
 
     def update_fn(
         updates: Updates, state: ScaleBySimplifiedAdemamixState, params: Params | None = None

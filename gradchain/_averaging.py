@@ -61,6 +61,11 @@ class AveragingState(Protocol):
         ...
 
 
+def _copy_array(x: Any) -> Any:
+    """A copy of a JAX array (its own buffer); anything else as it is."""
+    return jnp.copy(x) if isinstance(x, jax.Array) else x
+
+
 def _is_masked(x: Any) -> bool:
     return isinstance(x, MaskedNode)
 
@@ -89,8 +94,8 @@ class LookaheadParams(NamedTuple):
 
     @classmethod
     def init_synced(cls, params: Params) -> LookaheadParams:
-        """Both halves set to ``params``."""
-        return cls(fast=params, slow=params)
+        """Both halves set to ``params`` (the slow half a copy, so either can be donated)."""
+        return cls(fast=params, slow=jax.tree.map(_copy_array, params))
 
 
 class LookaheadState(NamedTuple):

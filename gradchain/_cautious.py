@@ -55,6 +55,7 @@ from gradchain._base import (
     check_transformation,
 )
 from gradchain._combine import chain
+from gradchain._flat_params import refuse_flat_params
 from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
 from gradchain._moments import scale_by_adam
 from gradchain._regularizing import add_decayed_weights
@@ -151,6 +152,7 @@ def cautious(
     spec = HyperparamSpec(fn, dict(mask_eps=mask_eps))
 
     def init_fn(params: Params) -> CautiousState:
+        refuse_flat_params("cautious", "each leaf's size (the mask is rescaled per leaf)", params)
         return CautiousState(jnp.zeros([], jnp.int32), inner.init(params), spec.init())
 
     def update_fn(

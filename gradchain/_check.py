@@ -84,6 +84,12 @@ def in_range(
         bad = bad or (x <= lo if lo_open else x < lo)
     if hi is not None:
         bad = bad or (x >= hi if hi_open else x > hi)
+    top = float(jnp.finfo(jnp.result_type(float)).max)
+    if not bad and math.isfinite(x) and abs(x) > top:  # a float64 that is inf in float32
+        raise ValueError(
+            f"{fn}: `{name}` must be representable in {jnp.result_type(float)} "
+            f"(|x| <= {top:.4g}), the dtype hyperparameters are kept in; got {value!r}."
+        )
     if bad:
         extra = f" {hint}" if hint else ""
         raise ValueError(

@@ -20,6 +20,7 @@ from jax.typing import ArrayLike
 
 from gradchain import _check, _tree
 from gradchain._base import GradientTransformation, Params, ScalarOrSchedule, Updates
+from gradchain._flat_params import refuse_flat_params
 from gradchain._hyperparams import Hyperparams, hyperparam_transform
 
 
@@ -71,6 +72,7 @@ def clip_by_block_rms(threshold: ScalarOrSchedule) -> GradientTransformation:
     _check.positive(fn, "threshold", threshold, schedule_ok=True)
 
     def apply(updates: Updates, params: Params | None, hp: dict[str, jax.Array]) -> Updates:
+        refuse_flat_params("clip_by_block_rms", "each leaf's RMS", updates)
         del params
 
         def leaf(u: jax.Array) -> jax.Array:
@@ -178,6 +180,7 @@ def adaptive_grad_clip(
     axes = _check_axis(fn, axis)
 
     def apply(updates: Updates, params: Params | None, hp: dict[str, jax.Array]) -> Updates:
+        refuse_flat_params("adaptive_grad_clip", "each leaf's shape (unit-wise norms)", updates)
         _tree.require_params(fn, params)
         _tree.check_matches(fn, updates, "params", params)
         flat, treedef = jax.tree_util.tree_flatten_with_path(updates)

@@ -261,6 +261,7 @@ def maximize() -> GradientTransformation:
     ) -> tuple[Updates, EmptyState]:
         del params
         _tree.check_state("maximize", state, EmptyState)
+        _tree.check_no_float0("maximize", "updates", updates)
         return jax.tree.map(jnp.negative, updates), state
 
     return GradientTransformation(init_fn, update_fn)

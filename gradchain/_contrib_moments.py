@@ -293,8 +293,10 @@ def scale_by_acprop(
     spec = HyperparamSpec(fn, dict(b1=b1, b2=b2, eps=eps, eps_root=eps_root), rates=("b1", "b2"))
 
     def init_fn(params: Params) -> ScaleByAcpropState:
-        zeros = _tree.zeros_like(params)
-        return ScaleByAcpropState(jnp.zeros([], jnp.int32), zeros, zeros, spec.init())
+        zeros = _tree.zeros_like  # a buffer per field: a state can be donated
+        return ScaleByAcpropState(
+            jnp.zeros([], jnp.int32), zeros(params), zeros(params), spec.init()
+        )
 
     def update_fn(
         updates: Updates, state: ScaleByAcpropState, params: Params | None = None

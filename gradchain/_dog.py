@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from gradchain import _check, _tree
 from gradchain._base import GradientTransformation, Params, Updates
+from gradchain._flat_params import refuse_flat_params
 from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
 from gradchain._polyak import squared_norm
 
@@ -136,6 +137,10 @@ def scale_by_distance_over_gradients(
     spec = HyperparamSpec(fn, dict(reps_rel=reps_rel, eps=eps, global_scale=global_scale))
 
     def init_fn(params: Params) -> ScaleByDistanceOverGradientsState:
+        refuse_flat_params(
+            "scale_by_distance_over_gradients", "each leaf's norms (a step size per leaf)", params
+        )
+
         def scalar(p: Any) -> jax.Array:
             return jnp.zeros([], _scalar_dtype(p))
 
@@ -257,9 +262,13 @@ def scale_by_dog(
     spec = HyperparamSpec(fn, dict(init_step=value, eps=eps))
 
     def init_fn(params: Params) -> ScaleByDogState:
-        zero = jnp.zeros([], _scalar_dtype(params))
+        dt = _scalar_dtype(params)
         return ScaleByDogState(
-            jnp.zeros([], jnp.int32), _tree.zeros_like(params), zero, zero, spec.init()
+            jnp.zeros([], jnp.int32),
+            _tree.zeros_like(params),
+            jnp.zeros([], dt),
+            jnp.zeros([], dt),
+            spec.init(),
         )
 
     def update_fn(
@@ -368,7 +377,7 @@ def scale_by_dowg(
             jnp.zeros([], jnp.int32),
             _tree.zeros_like(params),
             jnp.zeros([], dt),
-            values(hp)[initial].astype(dt),
+            jnp.array(values(hp)[initial], dt),  # a copy: a state can be donated
             hp,
         )
 

@@ -22,6 +22,7 @@ from gradchain._base import (
     Updates,
     _init_empty,
 )
+from gradchain._flat_params import refuse_flat_params
 from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
 
 
@@ -81,6 +82,7 @@ def centralize(*, keep_axis: int = 0) -> GradientTransformation:
     def update_fn(
         updates: Updates, state: OptState, params: Params | None = None
     ) -> tuple[Updates, OptState]:
+        refuse_flat_params("centralize", "each leaf's shape (the mean over its axes)", updates)
         del params
         _tree.check_state(fn, state, EmptyState)
         return jax.tree.map(leaf, updates), state

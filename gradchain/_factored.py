@@ -17,9 +17,13 @@ derives its specs from this):
 - ``v_row`` of a factored leaf is the mean over ``d0``: the parameter's shape
   with axis ``d0`` deleted. ``v_col`` is the mean over ``d1``: the shape with
   axis ``d1`` deleted. Every other axis (a leading layer or head axis, say) is
-  kept in both. ``v`` is an empty placeholder of shape ``(0,)``.
+  kept in both. ``v`` is a placeholder: one zero, shape ``(1,)``.
 - An unfactored leaf (a scalar, a vector, a small matrix) keeps ``v`` of the
-  parameter's shape, and ``v_row`` and ``v_col`` are ``(0,)`` placeholders.
+  parameter's shape, and ``v_row`` and ``v_col`` are ``(1,)`` placeholders.
+
+The placeholders have Optax's shape, so ``v_row``, ``v_col`` and ``v`` have
+the shapes of Optax's, and they are not zero-size: Orbax refuses to save arrays
+with no elements (only a parameter with no elements has a zero-size ``v``).
 
 So a state's sharding follows from the parameter's ``PartitionSpec``: ``v_row``
 takes it with the entry of ``d0`` removed, ``v_col`` with the entry of ``d1``
@@ -37,6 +41,7 @@ import numpy as np
 
 from gradchain import _check, _explicit, _tree
 from gradchain._base import GradientTransformation, Params, ScalarOrSchedule, Updates
+from gradchain._flat_params import refuse_flat_params
 from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
 
 _FN = "scale_by_factored_rms"
@@ -49,9 +54,9 @@ class FactoredState(NamedTuple):
     """
 
     step: jax.Array  # int32[], updates seen so far
-    v_row: Updates  # per leaf: mean of g^2 over axis d0 (factored), else a (0,) placeholder
-    v_col: Updates  # per leaf: mean of g^2 over axis d1 (factored), else a (0,) placeholder
-    v: Updates  # per leaf: EMA of g^2 (unfactored), else a (0,) placeholder
+    v_row: Updates  # per leaf: mean of g^2 over axis d0 (factored), else a (1,) placeholder
+    v_col: Updates  # per leaf: mean of g^2 over axis d1 (factored), else a (1,) placeholder
+    v: Updates  # per leaf: EMA of g^2 (unfactored), else a (1,) placeholder
     hparams: Hyperparams
 
 
@@ -76,6 +81,9 @@ def factored_axes(
     return d1, d0
 
 
+_PLACEHOLDER = (1,)  # the shape of an unused moment (Optax's); never zero-size
+
+
 def _without(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
     return shape[:axis] + shape[axis + 1 :]
 
@@ -86,21 +94,29 @@ def _state_shapes(
     """The shapes of (v_row, v_col, v) for a parameter of ``shape``."""
     axes = factored_axes(shape, factored, min_dim)
     if axes is None:
-        return (0,), (0,), shape
+        return _PLACEHOLDER, _PLACEHOLDER, shape
     d1, d0 = axes
-    return _without(shape, d0), _without(shape, d1), (0,)
+    return _without(shape, d0), _without(shape, d1), _PLACEHOLDER
 
 
 def _stat_dtype(dtype: Any) -> Any:
-    """The real dtype of a parameter's second moments (float32 for complex64)."""
+    """The real dtype of a parameter's second moments (float32 for complex64 and integers)."""
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        return jnp.dtype(jnp.float32)
     return jnp.finfo(dtype).dtype
 
 
 def _param_shape(
     v_row: tuple[int, ...], v_col: tuple[int, ...], v: tuple[int, ...], factored: bool, min_dim: int
 ) -> tuple[int, ...] | str:
-    """The parameter shape a leaf's state was built for (for error messages)."""
-    if v != (0,) or v_row == (0,):
+    """The parameter shape a leaf's state was built for (for error messages).
+
+    A state whose ``v_row`` and ``v_col`` are both placeholders is an unfactored
+    leaf's (``v`` is then the parameter's shape), but for a (1, 1) matrix
+    factored with ``min_dim_size_to_factor=1``, which the shapes cannot tell from
+    a (1,) vector: the message names the vector.
+    """
+    if v_row == v_col == _PLACEHOLDER:
         return v
     n = len(v_row) + 1
     for d0 in range(n):
@@ -174,7 +190,8 @@ def scale_by_factored_rms(
     fresh start (:math:`t = 1`, :math:`\hat\beta = 0`) where Optax raises
     ``t <= 0`` to the power ``-c`` and returns NaN updates; the weight of the
     new statistics is :math:`t^{-c}` computed directly (see ``_power_decay``);
-    unused moments are ``(0,)`` placeholders, not Optax's ``(1,)`` zeros.
+    unused moments are ``(1,)`` zeros, as in Optax, but of the moments' real
+    dtype (float32 for complex64 parameters, where Optax keeps complex64).
 
     Args:
       factored: whether to factor the moments of leaves with two large axes.
@@ -206,7 +223,7 @@ def scale_by_factored_rms(
       >>> g = jnp.array([[1.0, 2.0], [3.0, 4.0]])
       >>> state = tx.init(g)
       >>> [s.shape for s in (state.v_row, state.v_col, state.v)]
-      [(2,), (2,), (0,)]
+      [(2,), (2,), (1,)]
       >>> u, state = tx.update(g, state)
       >>> [[round(float(x), 3) for x in row] for row in u]
       [[0.775, 1.095], [1.039, 0.98]]
@@ -229,6 +246,10 @@ def scale_by_factored_rms(
     spec = HyperparamSpec(fn, dict(decay_rate=decay_rate, epsilon=epsilon))
 
     def init_fn(params: Params) -> FactoredState:
+        refuse_flat_params(
+            "scale_by_factored_rms", "each leaf's shape (its rows and columns are factored)", params
+        )
+
         def zeros(p: Any, which: int) -> jax.Array:
             # Each moment sharded like the parameter's axes it keeps (see _sharding.py).
             shape = _state_shapes(tuple(p.shape), factored, min_dim_size_to_factor)[which]

@@ -48,7 +48,7 @@ class GaLoreState(NamedTuple):
 
     step: jax.Array  # int32[], updates seen so far
     base_optimizer_state: OptState  # on the projected matrices, and full non-matrices
-    projector: Updates  # per leaf: (side, rank), (batch, side, rank); (*shape, 0) if unprojected
+    projector: Any  # per leaf: (side, rank), (batch, side, rank); a ShapeRecord if unprojected
     hparams: Hyperparams  # scale
 
 
@@ -159,12 +159,17 @@ def scale_by_galore(
     spec = HyperparamSpec(fn, dict(scale=scale))
 
     def shapes(tree: Any) -> tuple[Any, Any]:
-        """Per leaf: the projector's shape and the projected update's shape (or None)."""
+        """Per leaf: the projector's shape and the projected update's shape (or None).
+
+        An unprojected leaf's "projector" is a ShapeRecord of the leaf's shape
+        (given here as None): the update's checks name the leaf's path if its
+        shape changes, with no zero-size array, which Orbax cannot save.
+        """
         proj, low = [], []
         for leaf in resolve(tree):
             plan = _plan(fn, leaf, rank)
             if plan is None:
-                proj.append((*jnp.shape(leaf.leaf), 0))  # empty: records the leaf's shape
+                proj.append(None)
                 low.append(None)
                 continue
             view, r, left = plan
@@ -183,7 +188,8 @@ def scale_by_galore(
             for p, s in zip(leaves, low, strict=True)
         ]
         projector = [
-            jnp.zeros(s, _tree.compute_dtype(p.dtype)) for p, s in zip(leaves, proj, strict=True)
+            _tree.shape_record(p) if s is None else jnp.zeros(s, _tree.compute_dtype(p.dtype))
+            for p, s in zip(leaves, proj, strict=True)
         ]
         return GaLoreState(
             jnp.zeros([], jnp.int32),
@@ -198,15 +204,22 @@ def scale_by_galore(
         del params  # the base optimizer works on projections; it cannot use them
         _tree.check_state(fn, state, GaLoreState)
         treedef = jax.tree.structure(updates)
-        _tree.check_same_structure(fn, "updates", updates, "state.projector", state.projector)
+        held_shapes = _tree.recorded_shapes(state.projector)
+        _tree.check_same_structure(fn, "updates", updates, "state.projector", held_shapes)
         refresh = state.step % update_proj_gap == 0
         found = resolve(updates)
         expected, _ = shapes(updates)
-        for leaf, p, want in zip(found, jax.tree.leaves(state.projector), expected, strict=True):
-            if tuple(p.shape) != tuple(want):
+        held_projectors = jax.tree.leaves(state.projector, is_leaf=_tree.is_shape_record)
+        for leaf, p, want in zip(found, held_projectors, expected, strict=True):
+            recorded = _tree.is_shape_record(p)
+            if recorded and want is None:  # unprojected then and now: the same shape?
+                same = _tree.recorded_shape(p) == tuple(jnp.shape(leaf.leaf))
+            else:  # projected then and now: the same projector?
+                same = not recorded and want is not None and tuple(p.shape) == tuple(want)
+            if not same:
                 held = (
-                    f"{tuple(p.shape[:-1])}"
-                    if p.shape[-1] == 0
+                    f"{_tree.recorded_shape(p)}"
+                    if recorded
                     else f"a matrix whose projector is {tuple(p.shape)}"
                 )
                 raise ValueError(
@@ -216,9 +229,7 @@ def scale_by_galore(
                     f"parameters' shapes, and use the state from this transformation's init."
                 )
         low, projectors = [], []
-        for g, p, leaf in zip(
-            jax.tree.leaves(updates), jax.tree.leaves(state.projector), found, strict=True
-        ):
+        for g, p, leaf in zip(jax.tree.leaves(updates), held_projectors, found, strict=True):
             plan = _plan(fn, leaf, rank)
             if plan is None:
                 low.append(g)

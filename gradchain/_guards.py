@@ -172,7 +172,8 @@ def apply_if_finite(
 
     def init_fn(params: Params) -> ApplyIfFiniteState:
         zero = jnp.zeros([], jnp.int32)
-        return ApplyIfFiniteState(zero, jnp.array(True), zero, inner.init(params), spec.init())
+        total = jnp.zeros([], jnp.int32)  # its own buffer: a state can be donated
+        return ApplyIfFiniteState(zero, jnp.array(True), total, inner.init(params), spec.init())
 
     def update_fn(
         updates: Updates, state: ApplyIfFiniteState, params: Params | None = None, **extra_args: Any
@@ -344,15 +345,31 @@ def skip_spikes(
     spec = HyperparamSpec(fn, hyperparams, rates=("decay",))
 
     def init_fn(params: Params) -> SkipSpikesState:
-        i0, f0 = jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32)
+        def i0() -> jax.Array:  # a buffer per field: a state can be donated
+            return jnp.zeros([], jnp.int32)
+
+        def f0() -> jax.Array:
+            return jnp.zeros([], jnp.float32)
+
         return SkipSpikesState(
-            i0, i0, f0, f0, f0, f0, jnp.array(False), i0, i0, inner.init(params), spec.init()
+            i0(),
+            i0(),
+            f0(),
+            f0(),
+            f0(),
+            f0(),
+            jnp.array(False),
+            i0(),
+            i0(),
+            inner.init(params),
+            spec.init(),
         )
 
     def update_fn(
         updates: Updates, state: SkipSpikesState, params: Params | None = None, **extra_args: Any
     ) -> tuple[Updates, SkipSpikesState]:
         _tree.check_state(fn, state, SkipSpikesState)
+        _tree.check_no_float0(fn, "updates", updates)
         hp = values(state.hparams)
         alpha = state.hparams.complement["decay"]
         value = _statistic(fn, monitor, updates, extra_args)

@@ -59,7 +59,7 @@ def complement_of(value: Any, stored: jax.Array) -> jax.Array:
 
 
 def _as_scalar(fn: str, name: str, value: Any) -> jax.Array:
-    out = jnp.asarray(value)
+    out = jnp.array(value)  # a copy: a state never shares a buffer with the caller's array
     if out.shape != ():
         raise ValueError(
             f"{fn}: hyperparameter `{name}` must be a scalar; got shape {out.shape}. "
@@ -167,6 +167,7 @@ def hyperparam_transform(
         updates: Updates, state: Any, params: Params | None = None
     ) -> tuple[Updates, Any]:
         _tree.check_state(fn, state, state_type)
+        _tree.check_array_leaves(fn, "updates", updates)
         new_updates = apply(updates, params, values(state.hparams))
         step = _tree.safe_increment(state.step)
         return new_updates, state_type(step, spec.advance(state.hparams, step))

@@ -20,6 +20,7 @@ import numpy as np
 from jax.core import Tracer
 
 from gradchain import _tree
+from gradchain._flat_params import refuse_flat_params
 
 
 class Leaf(NamedTuple):
@@ -102,6 +103,8 @@ def walk(
 
     ``check(keys, entry)`` validates a spec leaf and returns the value to record.
     """
+    # Masks, labels and routes name the model's leaves; a FlatParams has none of them.
+    refuse_flat_params(fn, f"each parameter's path and shape (through its `{what}`)", tree)
     out: list[Leaf] = []
 
     def go(spec: Any, node: Any, keys: tuple[Any, ...]) -> None:

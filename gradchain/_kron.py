@@ -27,6 +27,7 @@ from gradchain._base import (
     Updates,
 )
 from gradchain._combine import chain
+from gradchain._flat_params import refuse_flat_params
 from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
 from gradchain._privacy import _key_data
 from gradchain._regularizing import add_decayed_weights
@@ -204,6 +205,10 @@ def scale_by_kron(
         return kf.triangular_axes(shape, max_size_triangular, min_ndim_triangular, mode)
 
     def init_fn(params: Params) -> ScaleByKronState:
+        refuse_flat_params(
+            "scale_by_kron", "each leaf's shape (a Kronecker factor per axis)", params
+        )
+
         def factors(p: Any) -> kf.Factors:
             dt = q_dt if q_dt is not None else _tree.compute_dtype(p.dtype)
             return kf.identity_factors(tuple(jnp.shape(p)), kinds(p), dt)

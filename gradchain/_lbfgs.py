@@ -132,16 +132,18 @@ def scale_by_lbfgs(
     _check.positive_int(fn, "memory_size", memory_size)
 
     def init_fn(params: Params) -> ScaleByLBFGSState:
-        stacked = _stacked_zeros(params, memory_size)
         dt = _tree.compute_dtype(*(p.dtype for p in jax.tree.leaves(params)))
-        wide = jax.tree.map(lambda p: _tree.like(p, _tree.compute_dtype(p.dtype)), params)
+
+        def wide() -> Params:  # a buffer per field: a state can be donated
+            return jax.tree.map(lambda p: _tree.like(p, _tree.compute_dtype(p.dtype)), params)
+
         return ScaleByLBFGSState(
             step=jnp.zeros([], jnp.int32),
             slot=jnp.zeros([], jnp.int32),
-            params=wide,
-            updates=wide,
-            diff_params_memory=stacked,
-            diff_updates_memory=stacked,
+            params=wide(),
+            updates=wide(),
+            diff_params_memory=_stacked_zeros(params, memory_size),
+            diff_updates_memory=_stacked_zeros(params, memory_size),
             weights_memory=jnp.zeros([memory_size], jnp.finfo(dt).dtype),
         )
 

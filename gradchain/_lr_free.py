@@ -402,7 +402,7 @@ def prodigy(
             zeros(params),
             zeros(params),
             zeros(params),
-            hp.constant["estim_lr0"].astype(F32),
+            jnp.array(hp.constant["estim_lr0"], F32),  # a copy: a state can be donated
             jnp.zeros([], F32),
             hp,
         )

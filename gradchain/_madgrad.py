@@ -96,8 +96,10 @@ def scale_by_madgrad(
     )
 
     def init_fn(params: Params) -> ScaleByMadgradState:
-        zeros = _tree.zeros_like(params)
-        return ScaleByMadgradState(jnp.zeros([], jnp.int32), zeros, zeros, zeros, spec.init())
+        zeros = _tree.zeros_like  # a buffer per field: a state can be donated
+        return ScaleByMadgradState(
+            jnp.zeros([], jnp.int32), zeros(params), zeros(params), zeros(params), spec.init()
+        )
 
     def update_fn(
         updates: Updates, state: ScaleByMadgradState, params: Params | None = None

@@ -34,6 +34,7 @@ from gradchain._base import (
     Updates,
 )
 from gradchain._combine import chain
+from gradchain._flat_params import refuse_flat_params
 from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
 from gradchain._keypaths import Leaf, leaves_with_keys
 from gradchain._moments import scale_by_adam
@@ -106,6 +107,11 @@ def scale_by_mars(
     spec = HyperparamSpec(fn, dict(b1=b1, b2=b2, eps=eps, gamma=gamma), rates=("b1", "b2"))
 
     def init_fn(params: Params) -> ScaleByMarsState:
+        refuse_flat_params(
+            "scale_by_mars",
+            "each leaf's norm and rank (the correction is clipped per leaf)",
+            params,
+        )
         return ScaleByMarsState(
             step=jnp.zeros([], jnp.int32),
             mu=_tree.accumulator_like(params, mu_dt),

@@ -125,13 +125,16 @@ def mechanize(
 
     def init_fn(params: Params) -> MechanicState:
         hp = spec.init()
-        zeros = jnp.zeros([num_betas], F32)
+
+        def zeros() -> jax.Array:  # a buffer per field: a state can be donated
+            return jnp.zeros([num_betas], F32)
+
         return MechanicState(
             base_optimizer.init(params),
             jnp.zeros([], jnp.int32),
-            zeros,
-            zeros,
-            zeros,
+            zeros(),
+            zeros(),
+            zeros(),
             jnp.full([num_betas], hp.constant["s_init"], F32),
             _tree.zeros_like(params),
             hp,

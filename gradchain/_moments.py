@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from gradchain import _check, _tree
 from gradchain._base import GradientTransformation, Params, ScalarOrSchedule, Updates
 from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
+from gradchain._rounding import MomentRounding
 
 
 class ScaleByAdamState(NamedTuple):
@@ -26,6 +27,7 @@ class ScaleByAdamState(NamedTuple):
     mu: Updates  # EMA of the updates, in mu_dtype
     nu: Updates  # EMA of their squares, in nu_dtype
     hparams: Hyperparams
+    rng_key: jax.Array | None = None  # uint32 key data with moment_rounding="stochastic"
 
 
 def scale_by_adam(
@@ -37,6 +39,8 @@ def scale_by_adam(
     *,
     nesterov: bool = False,
     nu_dtype: Any | None = None,
+    moment_rounding: str = "nearest",
+    rounding_key: Any = None,
 ) -> GradientTransformation:
     r"""Adam's scaling (Kingma and Ba, 2015), optionally with Nesterov momentum (NAdam).
 
@@ -58,12 +62,24 @@ def scale_by_adam(
       mu_dtype: dtype of the first moment; the parameters' by default.
       nesterov: use NAdam's look-ahead first moment.
       nu_dtype: dtype of the second moment; the parameters' by default.
+      moment_rounding: how moments kept in bfloat16 or float16 are stored:
+        ``"nearest"`` (a cast, the default) or ``"stochastic"`` (rounded up or
+        down at random, unbiased, so that the small steps of an average with
+        ``b2`` near 1 are not lost: in bfloat16, ``0.999 v + 0.001 g**2`` rounds
+        back to ``v`` unless ``g**2`` exceeds 3 to 5 times ``v``, so ``v`` never
+        decreases). Stochastic
+        rounding keeps raw ``uint32`` key data in ``state.rng_key`` (``None``
+        otherwise); float32 moments are stored exactly either way.
+      rounding_key: an int seed or a jax.random key for stochastic rounding
+        (None: seed 0).
 
     Returns:
       A GradientTransformation whose state is a ScaleByAdamState.
 
     Raises:
-      ValueError: for a number out of range, or a dtype that is not a float.
+      ValueError: for a number out of range, a dtype that is not a float, or
+        an unknown ``moment_rounding``.
+      TypeError: if ``rounding_key`` is neither an int nor a single key.
 
     Example:
       >>> import jax.numpy as jnp
@@ -84,6 +100,7 @@ def scale_by_adam(
     _check.non_negative(fn, "eps_root", eps_root, schedule_ok=True)
     mu_dt = _check.dtype_or_none(fn, "mu_dtype", mu_dtype)
     nu_dt = _check.dtype_or_none(fn, "nu_dtype", nu_dtype)
+    rounding = MomentRounding(fn, moment_rounding, rounding_key)
     spec = HyperparamSpec(fn, dict(b1=b1, b2=b2, eps=eps, eps_root=eps_root), rates=("b1", "b2"))
 
     def init_fn(params: Params) -> ScaleByAdamState:
@@ -92,6 +109,7 @@ def scale_by_adam(
             mu=_tree.accumulator_like(params, mu_dt),
             nu=_tree.zeros_like(params, nu_dt),
             hparams=spec.init(),
+            rng_key=rounding.init(),
         )
 
     def update_fn(
@@ -123,10 +141,12 @@ def scale_by_adam(
             else:
                 m_hat = new_m / c1_
             out = m_hat / (jnp.sqrt(new_v / c2_ + eps_root_) + eps_)
-            return out.astype(g.dtype), new_m.astype(m.dtype), new_v.astype(v.dtype)
+            return out.astype(g.dtype), rounding.hold(new_m, m.dtype), rounding.hold(new_v, v.dtype)
 
         updates, mu, nu = _tree.map_leaves(leaf, 3, updates, state.mu, state.nu)
-        return updates, ScaleByAdamState(step, mu, nu, spec.advance(state.hparams, step))
+        (mu, nu), key = rounding.store(state.rng_key, (mu, nu), (state.mu, state.nu))
+        hparams = spec.advance(state.hparams, step)
+        return updates, ScaleByAdamState(step, mu, nu, hparams, key)
 
     return GradientTransformation(init_fn, update_fn)
 

@@ -189,8 +189,10 @@ def momo(
             _full_mask(fn, mask, params)  # a mask of another structure fails here
         hp = spec.init()
         zero = jnp.zeros([], F32)
-        lb = hp.constant["lower_bound"].astype(F32)
-        return MomoState(jnp.zeros([], jnp.int32), _tree.zeros_like(params), zero, zero, lb, hp)
+        lb = jnp.array(hp.constant["lower_bound"], F32)  # a buffer per field: donatable
+        return MomoState(
+            jnp.zeros([], jnp.int32), _tree.zeros_like(params), zero, jnp.zeros([], F32), lb, hp
+        )
 
     def update_fn(
         updates: Updates, state: MomoState, params: Params | None = None, **extra: Any
@@ -323,9 +325,9 @@ def momo_adam(
         hp = spec.init()
         zero = jnp.zeros([], F32)
         zeros = _tree.zeros_like
-        lb = hp.constant["lower_bound"].astype(F32)
+        lb = jnp.array(hp.constant["lower_bound"], F32)  # a buffer per field: donatable
         return MomoAdamState(
-            jnp.zeros([], jnp.int32), zeros(params), zeros(params), zero, zero, lb, hp
+            jnp.zeros([], jnp.int32), zeros(params), zeros(params), zero, jnp.zeros([], F32), lb, hp
         )
 
     def update_fn(

@@ -120,6 +120,7 @@ def snapshot(measure_name: str, measure: Measure) -> GradientTransformationExtra
     ) -> tuple[Updates, SnapshotState]:
         del params, extra_args
         _tree.check_state(fn, state, SnapshotState)
+        _tree.check_no_float0(fn, "updates", updates)
         _check_names(fn, state.measurement, [measure_name])
         blank = state.measurement[measure_name]
         value = _store(fn, measure_name, measure(updates), blank)
@@ -221,6 +222,7 @@ def monitor(measures: Mapping[str, Measure | AnyTransformation]) -> GradientTran
         updates: Updates, state: MonitorState, params: Params | None = None, **extra_args: Any
     ) -> tuple[Updates, MonitorState]:
         _tree.check_state(fn, state, MonitorState)
+        _tree.check_no_float0(fn, "updates", updates)
         _check_names(fn, state.measurements, list(measures))
         measurements, states = {}, {}
         for name in measures:
@@ -309,6 +311,7 @@ def measure_with_ema(
     ) -> tuple[Any, MeasureWithEmaState]:
         del params, extra_args
         _tree.check_state(fn, state, MeasureWithEmaState)
+        _tree.check_no_float0(fn, "updates", updates)
         value = measure(updates)
         _tree.check_same_structure(fn, "measurement", value, "state.ema", state.ema)
         _tree.check_same_shapes(fn, "measurement", value, "state.ema", state.ema)
@@ -382,13 +385,16 @@ def telemetry(inner: AnyTransformation) -> GradientTransformationExtraArgs:
     f32 = jnp.result_type(float)
 
     def init_fn(params: Params) -> TelemetryState:
-        zero = jnp.zeros([], f32)
-        return TelemetryState(inner.init(params), zero, zero, zero, jnp.zeros([], jnp.bool_))
+        def zero() -> jax.Array:  # a buffer per field: a state can be donated
+            return jnp.zeros([], f32)
+
+        return TelemetryState(inner.init(params), zero(), zero(), zero(), jnp.zeros([], jnp.bool_))
 
     def update_fn(
         updates: Updates, state: TelemetryState, params: Params | None = None, **extra_args: Any
     ) -> tuple[Updates, TelemetryState]:
         _tree.check_state(fn, state, TelemetryState)
+        _tree.check_no_float0(fn, "updates", updates)
         grad_norm = _tree.global_norm(updates).astype(f32)
         new_updates, inner_state = call_update(
             inner, updates, state.inner_state, params, extra_args

@@ -191,6 +191,8 @@ def scale_by_muon(
     ) -> tuple[Updates, MuonState]:
         _tree.check_state(fn, state, MuonState)
         _tree.check_matches(fn, updates, "state.mu", state.mu)
+        if params is not None:
+            _tree.check_matches(fn, updates, "params", params)
         leaves = resolve(params if params is not None else updates)
         hp = values(state.hparams)
         step = _tree.safe_increment(state.step)
@@ -223,6 +225,8 @@ def _scale_by_muon_shape(
         hps["consistent_rms"] = consistent_rms
 
     def apply(updates: Updates, params: Params | None, hp: dict[str, jax.Array]) -> Updates:
+        if params is not None:
+            _tree.check_matches(fn, updates, "params", params)
         leaves = resolve(params if params is not None else updates)
         treedef = jax.tree.structure(updates)
         out = []

@@ -136,6 +136,8 @@ def adam(
     *,
     nesterov: bool = False,
     nu_dtype: Any | None = None,
+    moment_rounding: str = "nearest",
+    rounding_key: Any = None,
     weight_decay: ScalarOrSchedule | None = None,
     mask: MaskOrFn | None = None,
 ) -> GradientTransformationExtraArgs:
@@ -153,6 +155,10 @@ def adam(
       mu_dtype: dtype of the first moment.
       nesterov: use NAdam's first moment.
       nu_dtype: dtype of the second moment.
+      moment_rounding: ``"nearest"`` or ``"stochastic"`` rounding of moments
+        kept in bfloat16 or float16 (see :func:`scale_by_adam`).
+      rounding_key: an int seed or a jax.random key for stochastic rounding
+        (None: seed 0).
       weight_decay: decoupled weight decay >= 0, a schedule, or None for none
         (see the module docstring; with a number this is :func:`adamw`).
       mask: which parameters to decay; all by default.
@@ -172,7 +178,17 @@ def adam(
       Kingma and Ba, Adam: A Method for Stochastic Optimization, ICLR 2015.
     """
     return chain(
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
+        scale_by_adam(
+            b1,
+            b2,
+            eps,
+            eps_root,
+            mu_dtype,
+            nesterov=nesterov,
+            nu_dtype=nu_dtype,
+            moment_rounding=moment_rounding,
+            rounding_key=rounding_key,
+        ),
         *optional_weight_decay("adam", weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
@@ -190,6 +206,8 @@ def adamw(
     *,
     nesterov: bool = False,
     nu_dtype: Any | None = None,
+    moment_rounding: str = "nearest",
+    rounding_key: Any = None,
 ) -> GradientTransformationExtraArgs:
     r"""AdamW: Adam with weight decay decoupled from the adaptive scaling.
 
@@ -207,6 +225,10 @@ def adamw(
         parameters); all by default.
       nesterov: use NAdam's first moment (NAdamW).
       nu_dtype: dtype of the second moment.
+      moment_rounding: ``"nearest"`` or ``"stochastic"`` rounding of moments
+        kept in bfloat16 or float16 (see :func:`scale_by_adam`).
+      rounding_key: an int seed or a jax.random key for stochastic rounding
+        (None: seed 0).
 
     Returns:
       A GradientTransformationExtraArgs.
@@ -224,7 +246,17 @@ def adamw(
       Loshchilov and Hutter, Decoupled Weight Decay Regularization, ICLR 2019.
     """
     return chain(
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
+        scale_by_adam(
+            b1,
+            b2,
+            eps,
+            eps_root,
+            mu_dtype,
+            nesterov=nesterov,
+            nu_dtype=nu_dtype,
+            moment_rounding=moment_rounding,
+            rounding_key=rounding_key,
+        ),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
@@ -240,6 +272,8 @@ def nadam(
     *,
     nesterov: bool = True,
     nu_dtype: Any | None = None,
+    moment_rounding: str = "nearest",
+    rounding_key: Any = None,
     weight_decay: ScalarOrSchedule | None = None,
     mask: MaskOrFn | None = None,
 ) -> GradientTransformationExtraArgs:
@@ -261,7 +295,17 @@ def nadam(
       Dozat, Incorporating Nesterov Momentum into Adam, ICLR workshop 2016.
     """
     return chain(
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
+        scale_by_adam(
+            b1,
+            b2,
+            eps,
+            eps_root,
+            mu_dtype,
+            nesterov=nesterov,
+            nu_dtype=nu_dtype,
+            moment_rounding=moment_rounding,
+            rounding_key=rounding_key,
+        ),
         *optional_weight_decay("nadam", weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
@@ -279,6 +323,8 @@ def nadamw(
     *,
     nesterov: bool = True,
     nu_dtype: Any | None = None,
+    moment_rounding: str = "nearest",
+    rounding_key: Any = None,
 ) -> GradientTransformationExtraArgs:
     r"""NAdamW: :func:`adamw` with ``nesterov=True`` by default; the arguments are adamw's.
 
@@ -291,7 +337,17 @@ def nadamw(
       -0.1474
     """
     return chain(
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
+        scale_by_adam(
+            b1,
+            b2,
+            eps,
+            eps_root,
+            mu_dtype,
+            nesterov=nesterov,
+            nu_dtype=nu_dtype,
+            moment_rounding=moment_rounding,
+            rounding_key=rounding_key,
+        ),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )

@@ -124,6 +124,7 @@ def reduce_on_plateau(
     ) -> tuple[Updates, ReduceOnPlateauState]:
         del params
         _tree.check_state(fn, state, ReduceOnPlateauState)
+        _tree.check_no_float0(fn, "updates", updates)
         loss = _tree.objective_value(fn, extra_args.get("value"))
         hp = values(state.hparams)
         n = _tree.safe_increment(state.accumulated)

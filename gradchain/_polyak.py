@@ -117,6 +117,7 @@ def scale_by_polyak(
     ) -> tuple[Updates, ScaleByPolyakState]:
         del params, extra_args  # the step size reads the value and the updates only
         _tree.check_state(fn, state, ScaleByPolyakState)
+        _tree.check_no_float0(fn, "updates", updates)
         loss = _tree.objective_value(fn, value)
         hp = values(state.hparams)
         sq_norm = squared_norm(updates)

@@ -31,6 +31,7 @@ from gradchain._base import (
 )
 from gradchain._clipping_more import per_example_global_norm_clip
 from gradchain._combine import chain
+from gradchain._flat_params import refuse_flat_params
 from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
 from gradchain._momentum import trace
 from gradchain._optimizers import optional_weight_decay
@@ -125,6 +126,9 @@ def differentially_private_aggregate(
     spec = HyperparamSpec(fn, dict(l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier))
 
     def init_fn(params: Params) -> DifferentiallyPrivateAggregateState:
+        refuse_flat_params(
+            "differentially_private_aggregate", "each leaf's per-example axis", params
+        )
         del params
         # A copy: under a mesh it is laid out on it like `step`, as `update` returns it.
         step = jnp.zeros([], jnp.int32)

@@ -49,6 +49,7 @@ import jax
 
 from gradchain import _check
 from gradchain._base import AnyTransformation, GradientTransformationExtraArgs, check_transformation
+from gradchain._flat_params import refuse_flat_params
 from gradchain._keypaths import Leaf, leaves_with_keys, segments
 from gradchain._partition import grouped, register_groups
 
@@ -247,6 +248,7 @@ def _coverage_error(
 
 def rule_resolver(fn: str, rules: Sequence[Rule], first_match: bool) -> Callable[[Any], list[Leaf]]:
     def resolve(tree: Any) -> list[Leaf]:
+        refuse_flat_params(fn, "each parameter's path (through its rules)", tree)
         found, uncovered, overlapping = [], [], {}
         for keys, leaf in leaves_with_keys(tree):
             parts = segments(keys)

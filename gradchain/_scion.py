@@ -264,6 +264,8 @@ def scale_by_scion(
     ) -> tuple[Updates, ScaleByScionState]:
         _tree.check_state(fn, state, ScaleByScionState)
         _tree.check_matches(fn, updates, "state.mu", state.mu)
+        if params is not None:
+            _tree.check_matches(fn, updates, "params", params)
         leaves = plan(params if params is not None else updates)
         hp = values(state.hparams)
         scalars = (hp["beta"], state.hparams.complement["beta"], hp["radius"], hp["eps"])

@@ -17,6 +17,7 @@ from gradchain import _check, _tree
 from gradchain import _shampoo_blocks as blocks
 from gradchain._base import GradientTransformation, Params, ScalarOrSchedule, Updates
 from gradchain._combine import chain
+from gradchain._flat_params import refuse_flat_params
 from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
 from gradchain._regularizing import add_decayed_weights
 from gradchain._scaling import scale_by_learning_rate
@@ -36,7 +37,7 @@ class ScaleByShampooState(NamedTuple):
     stats: blocks.Factors  # block group -> per axis, the stacked (count, n, n) statistics
     roots: blocks.Factors  # block group -> per axis, the stacked inverse p-th roots
     hparams: Hyperparams  # beta1, beta2, graft_beta2 (with complements), graft_eps, matrix_eps
-    layout: Updates  # like the params, each leaf empty: (0, *shape), for the tree checks
+    layout: Any  # like the params, each leaf a ShapeRecord of its shape, for the tree checks
 
 
 def _is_preconditioned(fn: str, leaf: Any, path: str) -> bool:
@@ -50,15 +51,16 @@ def _is_preconditioned(fn: str, leaf: Any, path: str) -> bool:
     return len(blocks.squeeze_shape(shape)) >= 2 and 0 not in shape
 
 
-def _check_tree(fn: str, updates: Updates, layout: Updates) -> None:
+def _check_tree(fn: str, updates: Updates, layout: Any) -> None:
     """Structure and shapes of the updates against the parameters the state was built for."""
-    _tree.check_same_structure(fn, "updates", updates, "state.layout", layout)
+    shapes = _tree.recorded_shapes(layout)
+    _tree.check_same_structure(fn, "updates", updates, "state.layout", shapes)
     flat = jax.tree_util.tree_flatten_with_path(updates)[0]
-    for (path, u), empty in zip(flat, jax.tree.leaves(layout), strict=True):
-        if tuple(jnp.shape(u)) != tuple(empty.shape[1:]):
+    for (path, u), want in zip(flat, jax.tree.leaves(shapes), strict=True):
+        if tuple(jnp.shape(u)) != tuple(want.shape):
             raise ValueError(
                 f"{fn}: `updates` and the parameters of `state` disagree in shape at "
-                f"{_tree.keystr(path)}: {tuple(jnp.shape(u))} against {tuple(empty.shape[1:])}. "
+                f"{_tree.keystr(path)}: {tuple(jnp.shape(u))} against {tuple(want.shape)}. "
                 f"gradchain never broadcasts one against the other; give both the parameter's "
                 f"shape."
             )
@@ -135,8 +137,9 @@ def scale_by_shampoo(
     The state is laid out by group, not like the parameters (blocks of one
     shape stacked, the other leaves in one flat vector), in float32 (float64
     under x64) whatever the parameters' dtypes, with ``mu_dtype`` for the first
-    moment if given; ``state.layout`` keeps the tree (empty arrays) so that
-    updates of another structure or shape are refused naming the path.
+    moment if given; ``state.layout`` keeps the tree, each parameter's shape as
+    one small vector per axis (no zero-size arrays, which Orbax cannot save), so
+    that updates of another structure or shape are refused naming the path.
 
     Grafting (Agarwal et al. 2020), per parameter: ``"adam"`` (:math:`D_t =
     \hat m_t / (\sqrt{\hat v_t} + \epsilon)`, with :math:`v` an EMA of
@@ -233,6 +236,9 @@ def scale_by_shampoo(
     start, every = start_preconditioning_step, preconditioning_compute_steps
 
     def init_fn(params: Params) -> ScaleByShampooState:
+        refuse_flat_params(
+            "scale_by_shampoo", "each leaf's shape (a preconditioner per matrix axis)", params
+        )
         plan = _plan(fn, params, block_size, exponent_override)
         return ScaleByShampooState(
             step=jnp.zeros([], jnp.int32),
@@ -241,7 +247,7 @@ def scale_by_shampoo(
             stats=_zero_factors(plan),
             roots=_eye_factors(plan),
             hparams=spec.init(),
-            layout=jax.tree.map(lambda p: jnp.zeros((0, *jnp.shape(p)), p.dtype), params),
+            layout=jax.tree.map(_tree.shape_record, params),
         )
 
     def update_fn(

@@ -51,6 +51,7 @@ from gradchain import _tree
 from gradchain._base import AnyTransformation, Params
 from gradchain._factored import FactoredState, factored_axes
 from gradchain._lbfgs import ScaleByLBFGSState
+from gradchain._quantize import QuantizedArray
 from gradchain._sm3 import ScaleBySM3State
 from gradchain._wrappers import MaskedNode
 
@@ -126,7 +127,7 @@ def _factored_rule(drop: int) -> StateShardingRule:
             return None
         axis = axes[drop]
         if tuple(state.shape) != shape[:axis] + shape[axis + 1 :]:
-            return None  # an unfactored leaf's (0,) placeholder: replicated
+            return None  # an unfactored leaf's (1,) placeholder: replicated
         entries = full_spec(spec, len(shape))
         return PartitionSpec(*(entries[:axis] + entries[axis + 1 :]))
 
@@ -164,6 +165,11 @@ def _is_masked(x: Any) -> bool:
     return isinstance(x, MaskedNode)
 
 
+def _is_param_leaf(x: Any) -> bool:
+    """A node standing for one parameter's state leaf: masked, or 8-bit (``quantize_state``)."""
+    return isinstance(x, MaskedNode | QuantizedArray)
+
+
 def _is_spec(x: Any) -> bool:
     return isinstance(x, PartitionSpec)
 
@@ -178,7 +184,7 @@ class _Planner:
         self.out: dict[str, PartitionSpec] = {}
 
     def aligned(self, node: Any) -> bool:
-        return jax.tree.structure(node, is_leaf=_is_masked) == self.treedef
+        return jax.tree.structure(node, is_leaf=_is_param_leaf) == self.treedef
 
     def walk(self, node: Any, path: tuple[Any, ...]) -> None:
         if node is None or _is_masked(node):
@@ -199,9 +205,16 @@ class _Planner:
             self.walk(child, (*path, key))
 
     def pair(self, node: Any, path: tuple[Any, ...]) -> None:
-        flat = jax.tree_util.tree_flatten_with_path(node, is_leaf=_is_masked)[0]
+        flat = jax.tree_util.tree_flatten_with_path(node, is_leaf=_is_param_leaf)[0]
         for (sub, leaf), param, spec in zip(flat, self.params, self.specs, strict=True):
             if _is_masked(leaf):
+                continue
+            if isinstance(leaf, QuantizedArray):  # the codes follow, the block scales replicate
+                for field in leaf._fields:
+                    key = jax.tree_util.GetAttrKey(field)
+                    x = getattr(leaf, field)
+                    same = field == "codes" and tuple(x.shape) == tuple(param.shape)
+                    self.out[_tree.keystr((*path, *sub, key))] = spec if same else PartitionSpec()
                 continue
             same = tuple(leaf.shape) == tuple(param.shape)
             self.out[_tree.keystr((*path, *sub))] = spec if same else PartitionSpec()

@@ -155,6 +155,7 @@ def scale_by_sign() -> GradientTransformation:
     ) -> tuple[Updates, OptState]:
         del params
         _tree.check_state("scale_by_sign", state, EmptyState)
+        _tree.check_no_float0("scale_by_sign", "updates", updates)
         return jax.tree.map(jnp.sign, updates), state
 
     return GradientTransformation(_init_empty, update_fn)

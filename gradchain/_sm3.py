@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from gradchain import _check, _explicit, _tree
 from gradchain._base import GradientTransformation, Params, ScalarOrSchedule, Updates
+from gradchain._flat_params import refuse_flat_params
 from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
 
 
@@ -99,6 +100,8 @@ def scale_by_sm3(
     spec = HyperparamSpec(fn, dict(b1=b1, b2=b2, eps=eps), rates=("b1", "b2"))
 
     def init_fn(params: Params) -> ScaleBySM3State:
+        refuse_flat_params("scale_by_sm3", "each leaf's shape (one accumulator per axis)", params)
+
         def accumulators(p: Any) -> list[jax.Array]:
             dt = _accumulator_dtype(p.dtype)
             if len(p.shape) <= 1:

@@ -22,6 +22,7 @@ from gradchain._base import (
 )
 from gradchain._combine import chain
 from gradchain._eigenbasis import Layout
+from gradchain._flat_params import refuse_flat_params
 from gradchain._hyperparams import Hyperparams, HyperparamSpec, values
 from gradchain._matrices import matrix_view, route_resolver
 from gradchain._regularizing import add_decayed_weights
@@ -192,6 +193,9 @@ def scale_by_soap(
         return out
 
     def init_fn(params: Params) -> ScaleBySoapState:
+        refuse_flat_params(
+            "scale_by_soap", "each leaf's shape (a preconditioner per matrix axis)", params
+        )
         factors = []
         for p, lay in zip(jax.tree.leaves(params), layouts(params), strict=True):
             if lay is None:
@@ -218,6 +222,8 @@ def scale_by_soap(
         _tree.check_matches(fn, updates, "state.mu", state.mu)
         _tree.check_matches(fn, updates, "state.nu", state.nu)
         treedef = jax.tree.structure(updates)
+        if params is not None:
+            _tree.check_matches(fn, updates, "params", params)
         lays = layouts(params if params is not None else updates)
         facs = treedef.flatten_up_to(state.factors)
         hp = values(state.hparams)

@@ -7,7 +7,7 @@ they cost nothing in the compiled program.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -74,8 +74,59 @@ def _children(node: Any) -> tuple[type, list[tuple[Any, Any]]] | None:
     return type(node), [(path[0], child) for path, child in flat]
 
 
+def check_no_float0(fn: str, name: str, tree: Any) -> None:
+    """Raises TypeError naming ``fn``, the tree and the key path of a ``float0`` leaf.
+
+    ``jax.grad(loss, allow_int=True)`` gives float0 gradients for integer
+    inputs: arrays with no values, on which every arithmetic operation fails
+    deep inside the update with a message that names neither the leaf nor the cause.
+    """
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if getattr(x, "dtype", None) == jax.dtypes.float0:
+            raise TypeError(
+                f"{fn}: `{name}` has a float0 leaf at {keystr(path)}, the gradient that "
+                f"jax.grad(..., allow_int=True) gives for an integer input; it has no values "
+                f"to update with. Differentiate the floating parameters only (leave integer "
+                f"leaves out of the tree passed to jax.grad), or put None at that path in the "
+                f"parameters and the gradients alike."
+            )
+
+
+def _is_array_like(x: Any) -> bool:
+    """A numeric (or bool) array or ShapeDtypeStruct: a leaf gradchain can compute with."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or not hasattr(x, "shape"):
+        return False
+    return jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)
+
+
+def check_array_leaves(fn: str, name: str, tree: Any) -> None:
+    """Raises TypeError naming ``fn``, the tree, the path and the value of a non-array leaf.
+
+    Such leaves are strings, objects, object arrays, Python numbers, or float0
+    gradients (see :func:`check_no_float0`).
+    """
+    check_no_float0(fn, name, tree)
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if not _is_array_like(x):
+            raise TypeError(
+                f"{fn}: `{name}` has a leaf at {keystr(path)} that is not a numeric array: "
+                f"{type(x).__name__} {x!r:.40}. Pass only arrays (or jax.ShapeDtypeStruct) in "
+                f"the trees to optimize: split strings and other static fields out (nnx.split, "
+                f"eqx.partition), or put None at that path in the parameters and the "
+                f"gradients alike."
+            )
+
+
 def check_same_structure(fn: str, a_name: str, a: Any, b_name: str, b: Any) -> None:
-    """Raises ValueError naming ``fn`` and the first differing key path if structures differ."""
+    """Raises ValueError naming ``fn`` and the first differing key path if structures differ.
+
+    Raises:
+      TypeError: if either tree holds a ``float0`` leaf (see :func:`check_no_float0`).
+      ValueError: if the structures differ.
+    """
+    check_no_float0(fn, a_name, a)
+    check_no_float0(fn, b_name, b)
     if jax.tree.structure(a) == jax.tree.structure(b):  # None matches only None
         return
     where, a_desc, b_desc = _first_difference(a, b)
@@ -215,6 +266,7 @@ def zeros_like(params: Any, dtype: Any | None = None) -> Any:
     state that a jitted update keeps as it is, under an Explicit mesh too.
     None leaves stay None.
     """
+    check_array_leaves("init", "params", params)
 
     def zeros(p: Any) -> jax.Array:
         return like(p, dtype if dtype is not None else p.dtype)
@@ -248,6 +300,7 @@ def accumulator_like(params: Any, dtype: Any | None = None) -> Any:
     Like :func:`zeros_like`, except that complex leaves stay complex: see
     :func:`state_dtype`.
     """
+    check_array_leaves("init", "params", params)
 
     def zeros(p: Any) -> jax.Array:
         return like(p, state_dtype(p.dtype, dtype))
@@ -257,6 +310,7 @@ def accumulator_like(params: Any, dtype: Any | None = None) -> Any:
 
 def full_like(params: Any, value: float, dtype: Any | None = None) -> Any:
     """Arrays filled with ``value`` shaped like each parameter leaf."""
+    check_array_leaves("init", "params", params)
 
     def full(p: Any) -> jax.Array:
         return like(p, dtype if dtype is not None else p.dtype, value)
@@ -330,4 +384,41 @@ def check_state(fn: str, state: Any, expected: type | tuple[type, ...]) -> None:
         f"{fn}: update received a state of type {type(state).__name__}, but this "
         f"transformation's state is a {names}. Pass the state returned by this same "
         f"transformation's init (or by its previous update), not another optimizer's."
+    )
+
+
+class ShapeRecord(NamedTuple):
+    """A parameter's shape kept in a state without its data, for the trace-time checks.
+
+    Axis ``i`` of the parameter is ``axes[i]``: ``shape[i]`` False values, so the
+    record costs ``sum(shape)`` bytes where the parameter has ``prod(shape)``
+    elements, and it has no zero-size array unless the parameter has none:
+    Orbax refuses to save arrays with no elements, which the (0, *shape) arrays
+    once used for this were. A scalar's record holds no array at all.
+    """
+
+    axes: tuple[jax.Array, ...]  # bool[shape[i]] per axis i, all False
+
+
+def recorded_shape(record: ShapeRecord) -> tuple[int, ...]:
+    """The shape a :class:`ShapeRecord` records (static: read from its arrays' shapes)."""
+    return tuple(int(jnp.shape(a)[-1]) for a in record.axes)
+
+
+def shape_record(p: Any) -> ShapeRecord:
+    """The :class:`ShapeRecord` of ``p`` (an array or a ``jax.ShapeDtypeStruct``)."""
+    return ShapeRecord(tuple(jnp.zeros((int(n),), jnp.bool_) for n in jnp.shape(p)))
+
+
+def is_shape_record(x: Any) -> bool:
+    """``is_leaf`` for trees holding ShapeRecords (each one stands for one parameter)."""
+    return isinstance(x, ShapeRecord)
+
+
+def recorded_shapes(records: Any) -> Any:
+    """A tree of ShapeRecords as the tree of ``jax.ShapeDtypeStruct`` it records (for checks)."""
+    return jax.tree.map(
+        lambda r: jax.ShapeDtypeStruct(recorded_shape(r), jnp.bool_) if is_shape_record(r) else r,
+        records,
+        is_leaf=is_shape_record,
     )

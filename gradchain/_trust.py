@@ -24,6 +24,7 @@ from gradchain._base import (
     ScalarOrSchedule,
     Updates,
 )
+from gradchain._flat_params import refuse_flat_params
 from gradchain._hyperparams import Hyperparams, hyperparam_transform
 
 
@@ -109,6 +110,10 @@ def scale_by_trust_ratio(
     hyperparams = dict(min_norm=min_norm, trust_coefficient=trust_coefficient, eps=eps)
 
     def apply(updates: Updates, params: Params | None, hp: dict[str, jax.Array]) -> Updates:
+        refuse_flat_params(
+            "scale_by_trust_ratio", "each leaf's norm (a trust ratio per leaf)", updates
+        )
+
         def factor(u: jax.Array, p: jax.Array) -> jax.Array:
             floor, coeff, eps_ = (hp[k].astype(u.real.dtype) for k in hyperparams)
             param_norm = jnp.maximum(_norm(p), floor)
@@ -169,6 +174,8 @@ def scale_by_param_block_norm(min_scale: ScalarOrSchedule = 1e-3) -> GradientTra
     _check.non_negative(fn, "min_scale", min_scale, schedule_ok=True)
 
     def apply(updates: Updates, params: Params | None, hp: dict[str, jax.Array]) -> Updates:
+        refuse_flat_params("scale_by_param_block_norm", "each leaf's norm", updates)
+
         def factor(u: jax.Array, p: jax.Array) -> jax.Array:
             return jnp.maximum(_norm(p), hp["min_scale"].astype(u.real.dtype))
 
@@ -211,6 +218,8 @@ def scale_by_param_block_rms(min_scale: ScalarOrSchedule = 1e-3) -> GradientTran
     _check.non_negative(fn, "min_scale", min_scale, schedule_ok=True)
 
     def apply(updates: Updates, params: Params | None, hp: dict[str, jax.Array]) -> Updates:
+        refuse_flat_params("scale_by_param_block_rms", "each leaf's RMS", updates)
+
         def factor(u: jax.Array, p: jax.Array) -> jax.Array:
             rms = jnp.sqrt(jnp.sum(_tree.abs_sq(p).real) / max(p.size, 1))
             return jnp.maximum(rms, hp["min_scale"].astype(u.real.dtype))
@@ -318,6 +327,7 @@ def normalize() -> GradientTransformation:
     ) -> tuple[Updates, OptState]:
         del params
         _tree.check_state("normalize", state, EmptyState)
+        _tree.check_no_float0("normalize", "updates", updates)
         one, zero = jnp.ones([], jnp.float32), jnp.zeros([], jnp.float32)
         return _scale_by_global_norm(updates, one, zero), state
 

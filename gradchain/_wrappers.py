@@ -22,6 +22,7 @@ from gradchain._base import (
     call_update,
     check_transformation,
 )
+from gradchain._flat_params import refuse_flat_params
 from gradchain._hyperparams import Hyperparams, injected_state
 
 
@@ -44,6 +45,8 @@ def _is_masked_node(x: Any) -> bool:
 
 def _full_mask(fn: str, mask: MaskOrFn, params: Params, name: str = "params") -> Any:
     """The mask broadcast to one Python bool per parameter leaf, checked against ``params``."""
+    # A mask names the model's leaves; a FlatParams has none of them.
+    refuse_flat_params(fn, "each parameter's path and shape (through its `mask`)", params)
     tree = mask(params) if callable(mask) else mask
 
     def as_bool(path: tuple[Any, ...], m: Any) -> bool:

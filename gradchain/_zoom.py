@@ -215,12 +215,15 @@ def scale_by_zoom_linesearch(
 
     def init_fn(params: Params) -> ScaleByZoomLinesearchState:
         dt = float_dtype(params)
-        inf = jnp.full([], jnp.inf, dt)
+
+        def inf() -> jax.Array:  # a buffer per field: a state can be donated
+            return jnp.full([], jnp.inf, dt)
+
         return ScaleByZoomLinesearchState(
             learning_rate=jnp.ones([], dt),
-            value=inf,
+            value=inf(),
             grad=_tree.zeros_like(params),
-            info=ZoomLinesearchInfo(jnp.zeros([], jnp.int32), inf, inf),
+            info=ZoomLinesearchInfo(jnp.zeros([], jnp.int32), inf(), inf()),
             hparams=spec.init(),
         )
 

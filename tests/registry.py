@@ -88,7 +88,8 @@ def on_plain_params(tx: gc.GradientTransformationExtraArgs) -> gc.GradientTransf
     def init(params: gc.Params) -> LookaheadCarry:
         def concrete(p: Any) -> Any:
             abstract = isinstance(p, jax.ShapeDtypeStruct)
-            return jax.numpy.zeros(p.shape, p.dtype) if abstract else p
+            # a copy: the state never holds the caller's buffers, so both can be donated
+            return jax.numpy.zeros(p.shape, p.dtype) if abstract else jax.numpy.copy(p)
 
         pair = gc.LookaheadParams.init_synced(jax.tree.map(concrete, params))
         return LookaheadCarry(tx.init(pair), pair)
@@ -234,6 +235,13 @@ CASES: tuple[Case, ...] = (
     Case("scale_by_adam", gc.scale_by_adam),
     Case("scale_by_adam", lambda: gc.scale_by_adam(nesterov=True, eps_root=1e-8), "nesterov"),
     Case("scale_by_adam", lambda: gc.scale_by_adam(mu_dtype="bfloat16"), "mu_bf16"),
+    Case(
+        "scale_by_adam",
+        lambda: gc.scale_by_adam(
+            mu_dtype="bfloat16", nu_dtype="bfloat16", moment_rounding="stochastic"
+        ),
+        "bf16_stochastic",
+    ),
     Case("scale_by_rms", gc.scale_by_rms),
     Case("scale_by_rms", lambda: gc.scale_by_rms(bias_correction=True, eps_in_sqrt=False), "bc"),
     Case("scale_by_stddev", lambda: gc.scale_by_stddev(initial_scale=1.0)),
@@ -559,6 +567,18 @@ CASES: tuple[Case, ...] = (
     ),
     Case("schedule_free_sgd", lambda: gc.schedule_free_sgd(0.1, warmup_steps=2, weight_decay=1e-2)),
     Case("schedule_free_adamw", lambda: gc.schedule_free_adamw(1e-2, state_dtype="float32")),
+    # _quantize (tests/test_memory.py): tiny blocks and sizes so the suites' small trees quantize
+    Case("quantize_state", lambda: gc.quantize_state(gc.adam(1e-3), block_size=4, min_size=1)),
+    Case(
+        "quantize_state",
+        lambda: gc.quantize_state(
+            gc.chain(gc.clip_by_global_norm(1.0), gc.sgd(_warmup_cosine, momentum=0.9)),
+            block_size=3,
+            min_size=2,
+            rounding="nearest",
+        ),
+        "nearest",
+    ),
 )
 
 NAMES = frozenset(case.name for case in CASES)
@@ -567,9 +587,11 @@ NAMES = frozenset(case.name for case in CASES)
 HELPERS = frozenset(
     {
         "apply_updates",
+        "apply_updates_stochastic",  # gradchain/_rounding.py (tests/test_memory.py)
         "eval_params",
         "explain",
         "find_learning_rate",  # gradchain/_lr_finder.py (a training tool; tests/test_sweeps.py)
+        "flatten_params",  # gradchain/_flat_params.py (tests/test_flat_params.py)
         "get_hyperparams",
         "get_telemetry",
         "global_norm",
@@ -588,6 +610,7 @@ HELPERS = frozenset(
         "safe_int32_increment",  # gradchain/_utilities.py
         "safe_norm",  # gradchain/_utilities.py
         "register_state_sharding_rule",  # gradchain/_sharding.py (tests/test_sharding.py)
+        "restore_state",  # gradchain/_restore.py (tests/test_restore.py)
         "state_shardings",  # gradchain/_sharding.py (tests/test_sharding.py)
         "sweep",  # gradchain/_sweeps.py (a training tool; tests/test_sweeps.py)
         "zero1_shardings",  # gradchain/_zero.py (tests/test_sharding.py)
@@ -600,6 +623,7 @@ HELPERS = frozenset(
         "per_example_layer_norm_clip",
         "scale_gradient",
         "set_hyperparams",
+        "state_bytes_per_param",  # gradchain/_quantize.py (tests/test_memory.py)
         "skip_large_updates",
         "skip_not_finite",
         "value_and_grad_from_state",

@@ -61,14 +61,12 @@ def _both(make: Callable[[Any], Any], params: Any, grads: Any) -> tuple[Any, Any
 
 
 def _factored_moments(state: Any) -> list[Any]:
-    """The non-placeholder leaves of every factored state (Optax's are (1,) zeros, ours (0,))."""
+    """Every moment leaf of every factored state, the (1,) placeholders included (Optax's too)."""
     out: list[Any] = []
     for node in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "v_row")):
         if hasattr(node, "v_row"):
             for name in ("v_row", "v_col", "v"):
-                out += [
-                    x for x in jax.tree.leaves(getattr(node, name)) if x.shape not in {(0,), (1,)}
-                ]
+                out += jax.tree.leaves(getattr(node, name))
     return out
 
 
@@ -113,7 +111,9 @@ def test_adafactor_matches_optax_to_the_rounding_of_its_decay_weight(make: Any) 
     (got_u, got_p, got_s), (want_u, want_p, want_s) = _both(make, PARAMS, GRADS)
     assert_trees_close(got_u, want_u, "updates", RTOL_ADAFACTOR)
     assert_trees_close(got_p, want_p, "final params", RTOL_ADAFACTOR)
-    for got, want in zip(_factored_moments(got_s), _factored_moments(want_s), strict=True):
+    got_moments, want_moments = _factored_moments(got_s), _factored_moments(want_s)
+    assert [x.shape for x in got_moments] == [x.shape for x in want_moments]  # placeholders too
+    for got, want in zip(got_moments, want_moments, strict=True):
         assert_trees_close(got, want, "moments", RTOL_ADAFACTOR)
 
 
@@ -176,7 +176,8 @@ def test_state_shapes_keep_the_axes_the_module_docstring_names_and_init_from_sha
     state = gc.scale_by_factored_rms().init(params)
     assert state.v_row["m"].shape == (4, 200)  # the largest axis (300) removed
     assert state.v_col["m"].shape == (4, 300)  # the second-largest (200) removed
-    assert state.v["m"].shape == (0,) and state.v["v"].shape == (5,)
+    assert state.v["m"].shape == (1,) and state.v["v"].shape == (5,)  # (1,): Optax's, not empty
+    assert state.v_row["v"].shape == state.v_col["v"].shape == (1,)
     assert state.v_row["m"].dtype == jnp.bfloat16
     square = gc.scale_by_factored_rms(min_dim_size_to_factor=2).init(jnp.ones((3, 3)))
     assert square.v_row.shape == square.v_col.shape == (3,)

@@ -84,6 +84,14 @@ def test_the_state_inits_from_shapes_and_keeps_moments_at_rank_size() -> None:
     assert float(gc.get_hyperparams(state)["scale"]) == 1.0
 
 
+def test_an_unprojected_leaf_that_changed_shape_is_refused_naming_its_path() -> None:
+    tx = gc.scale_by_galore(rank=1, base_optimizer=gc.identity())  # no state of its own
+    state = tx.init({"w": jnp.zeros((4, 3)), "b": jnp.zeros(3), "s": jnp.zeros(())})
+    assert all(x.size > 0 for x in jax.tree.leaves(state.projector))  # Orbax saves them
+    with pytest.raises(ValueError, match=r"^scale_by_galore: .* at \['b'\]: \(4,\) against \(3,\)"):
+        tx.update({"w": jnp.zeros((4, 3)), "b": jnp.zeros(4), "s": jnp.zeros(())}, state)
+
+
 def test_a_stacked_layer_is_projected_matrix_by_matrix() -> None:
     g = np.random.default_rng(1).normal(size=(3, 6, 4)).astype(np.float32)
     dims = gc.GaLoreDimensionNumbers(-2, -1)

@@ -392,6 +392,17 @@ def test_updates_of_another_shape_are_refused_naming_the_path_and_both_shapes() 
         tx.update({"w": jnp.zeros((4, 8))}, state)
 
 
+def test_vectors_that_swapped_shapes_are_refused_though_their_groups_still_fit() -> None:
+    # mu keeps both vectors in one flat group of 11: only the layout's records can tell,
+    # and they hold no zero-size array (Orbax cannot save one).
+    tx = gc.scale_by_shampoo(block_size=4)
+    state = tx.init({"a": jnp.zeros(5), "b": jnp.zeros(6), "s": jnp.zeros(())})
+    assert all(x.size > 0 for x in jax.tree.leaves(state.layout))
+    match = r"^scale_by_shampoo: .* disagree in shape at \['a'\]: \(6,\) against \(5,\)"
+    with pytest.raises(ValueError, match=match):
+        tx.update({"a": jnp.zeros(6), "b": jnp.zeros(5), "s": jnp.zeros(())}, state)
+
+
 def test_a_state_whose_groups_were_edited_is_refused_naming_the_layouts() -> None:
     tx = gc.scale_by_shampoo(block_size=4)
     state = tx.init({"w": jnp.zeros((4, 4))})

@@ -102,7 +102,7 @@ def test_factored_moments_keep_the_spec_of_the_axes_they_keep():
     assert s.v_row["k"].spec == P(None, "data")
     assert s.v_col["k"].spec == P(None, "model")
     assert s.v_row["w"].spec == P("model") and s.v_col["w"].spec == P("data")
-    assert s.v["w"].spec == P()  # the (0,) placeholder of a factored leaf
+    assert s.v["w"].spec == P()  # the (1,) placeholder of a factored leaf
     assert s.v["b"][0].spec == P("data")  # a vector keeps its full second moment
 
 
@@ -200,6 +200,7 @@ RESHARDED_BY_XLA = {
     "shampoo",
     "scale_by_kron",  # its per-axis factors: a vector's diagonal factor goes like the vector
     "kron",
+    "quantize_state",  # the block scales (one per 256 elements), sharded along the blocks
 }
 # Transforms whose update does not trace under an Explicit mesh (JAX 0.10.2's default for
 # jax.make_mesh), each with its reason.
