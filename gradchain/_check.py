@@ -151,3 +151,35 @@ def dtype_or_none(fn: str, name: str, value: Any) -> Any:
     if not jnp.issubdtype(dt, jnp.inexact):
         raise ValueError(f"{fn}: `{name}` must be a floating dtype; got {dt}.")
     return dt
+
+
+def prng_key(fn: str, name: str, key: Any) -> jax.Array:
+    """A typed PRNG key from an int seed, a typed key or a raw ``PRNGKey``; raises otherwise.
+
+    Args:
+      fn: the public function, named in the error.
+      name: the argument's name.
+      key: an int (or a scalar integer array) seed, a single typed key, or a
+        ``uint32[2]`` raw ``jax.random.PRNGKey``.
+
+    Raises:
+      TypeError: for anything else (a bool, several keys, a float).
+    """
+    if isinstance(key, bool):
+        raise TypeError(
+            f"{fn}: `{name}` must be an int seed or a jax.random key; got bool {key!r}."
+        )
+    if isinstance(key, int | np.integer):
+        return jax.random.key(int(key))
+    if isinstance(key, jax.Array | np.ndarray):
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
+            return jnp.asarray(key)
+        if jnp.issubdtype(key.dtype, jnp.integer) and key.shape == ():
+            return jax.random.key(key)
+        if key.dtype == jnp.uint32 and key.shape == (2,):
+            return jax.random.wrap_key_data(jnp.asarray(key))  # a PRNGKey (Optax refuses it)
+    shape = f" of shape {np.shape(key)}" if hasattr(key, "shape") else ""
+    raise TypeError(
+        f"{fn}: `{name}` must be an int seed or a single jax.random key; got "
+        f"{type(key).__name__}{shape} {key!r:.60}. For several keys, vmap over the seeds."
+    )

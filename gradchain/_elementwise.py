@@ -111,22 +111,7 @@ def _key_from(fn: str, key: Any, seed: Any) -> jax.Array:
             f"key=jax.random.key(0). (Optax 0.2.8 falls back to seed 0 with a warning; "
             f"gradchain asks, so that no two runs share their noise by accident.)"
         )
-    if isinstance(given, bool):
-        raise TypeError(f"{fn}: `key` must be an int seed or a jax.random key; got bool {given!r}.")
-    if isinstance(given, int | np.integer):
-        return jax.random.key(int(given))
-    if isinstance(given, jax.Array | np.ndarray):
-        if jnp.issubdtype(given.dtype, jax.dtypes.prng_key) and given.shape == ():
-            return jnp.asarray(given)
-        if jnp.issubdtype(given.dtype, jnp.integer) and given.shape == ():
-            return jax.random.key(given)
-        if given.dtype == jnp.uint32 and given.shape == (2,):
-            return jax.random.wrap_key_data(jnp.asarray(given))  # a PRNGKey (Optax refuses it)
-    shape = f" of shape {np.shape(given)}" if hasattr(given, "shape") else ""
-    raise TypeError(
-        f"{fn}: `key` must be an int seed or a single jax.random key; got "
-        f"{type(given).__name__}{shape} {given!r:.60}. For several keys, vmap over the seeds."
-    )
+    return _check.prng_key(fn, "key", given)
 
 
 def add_noise(

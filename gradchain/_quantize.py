@@ -47,7 +47,7 @@ from gradchain._base import (
     call_update,
     check_transformation,
 )
-from gradchain._rounding import random_bits, typed_key
+from gradchain._rounding import random_bits
 
 _FN = "quantize_state"
 # mu of the signed and unsigned codes: the smallest non-zero level is about a * mu**(-1)
@@ -242,7 +242,8 @@ def quantize_state(
     _check.non_negative_int(_FN, "min_size", min_size)
     if rounding not in ("nearest", "stochastic"):
         raise ValueError(f'{_FN}: `rounding` must be "nearest" or "stochastic"; got {rounding!r}.')
-    typed = typed_key(_FN, "key", 0 if key is None else key) if rounding == "stochastic" else None
+    stochastic = rounding == "stochastic"
+    typed = _check.prng_key(_FN, "key", 0 if key is None else key) if stochastic else None
 
     def encode(x: Any) -> Any:
         if (

@@ -34,9 +34,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from gradchain import _tree
+from gradchain import _check, _tree
 from gradchain._base import Params, Updates
 
 _ROUNDED = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -136,24 +135,6 @@ def round_tree(tree: Any, dtypes: Any, key: jax.Array) -> Any:
     return treedef.unflatten(out)
 
 
-def typed_key(fn: str, name: str, key: Any) -> jax.Array:
-    """A typed PRNG key from an int seed, a typed key or a raw ``PRNGKey``; raises otherwise."""
-    if isinstance(key, bool):
-        raise TypeError(f"{fn}: `{name}` must be an int seed or a jax.random key; got bool {key}.")
-    if isinstance(key, int | np.integer):
-        return jax.random.key(int(key))
-    if isinstance(key, jax.Array | np.ndarray):
-        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
-            return jnp.asarray(key)
-        if key.dtype == jnp.uint32 and key.shape == (2,):
-            return jax.random.wrap_key_data(jnp.asarray(key))
-    shape = f" of shape {np.shape(key)}" if hasattr(key, "shape") else ""
-    raise TypeError(
-        f"{fn}: `{name}` must be an int seed or a single jax.random key; got "
-        f"{type(key).__name__}{shape} {key!r:.60}."
-    )
-
-
 class MomentRounding:
     """How a transform stores float32 results in lower-precision state leaves.
 
@@ -170,7 +151,7 @@ class MomentRounding:
         self._fn = fn
         self.stochastic = mode == "stochastic"
         seed = 0 if key is None else key
-        self._key = typed_key(fn, "rounding_key", seed) if self.stochastic else None
+        self._key = _check.prng_key(fn, "rounding_key", seed) if self.stochastic else None
 
     def init(self) -> jax.Array | None:
         """The state's ``rng_key``: raw key data when stochastic, else None (no leaf)."""
@@ -242,7 +223,7 @@ def apply_updates_stochastic(params: Params, updates: Updates, key: jax.Array) -
     fn = "apply_updates_stochastic"
     _tree.check_same_structure(fn, "params", params, "updates", updates)
     _tree.check_same_shapes(fn, "params", params, "updates", updates)
-    key = typed_key(fn, "key", key)
+    key = _check.prng_key(fn, "key", key)
     leaves, treedef = jax.tree.flatten(params, is_leaf=lambda x: x is None)
     steps = treedef.flatten_up_to(updates)
     keys = jax.random.split(key, len(leaves)) if leaves else []
